@@ -1,0 +1,77 @@
+"""The errors autolm raises.
+
+Each subclasses the built-in a caller would already catch (`FileNotFoundError`, `ValueError`, ...)
+and its message says what was looked for, what was found, and what to do next.
+"""
+
+from __future__ import annotations
+
+
+class AutolmError(Exception):
+    """Base of every error autolm raises on purpose."""
+
+
+# --- files and repositories -------------------------------------------------------------------
+
+
+class ModelNotFoundError(AutolmError, FileNotFoundError):
+    """A name or path resolves to nothing usable (no directory, no repo, no config.json)."""
+
+
+class MissingFilesError(AutolmError, FileNotFoundError):
+    """Files a load needs are not available (e.g. not cached while offline)."""
+
+
+class RevisionNotFoundError(AutolmError, FileNotFoundError):
+    """The branch, tag or commit does not exist in the repo."""
+
+
+class GatedRepoError(AutolmError, PermissionError):
+    """The repo needs a token, or the token has no access."""
+
+
+class HubUnreachableError(AutolmError, ConnectionError):
+    """The hub could not be reached and the files are not cached."""
+
+
+class DiskFullError(AutolmError, OSError):
+    """The cache ran out of space during a download."""
+
+
+# --- content ----------------------------------------------------------------------------------
+
+
+class ConfigError(AutolmError, ValueError):
+    """config.json (or another JSON file) is malformed or inconsistent."""
+
+
+class UnsupportedModelError(AutolmError, ValueError):
+    """A `model_type` or architecture autolm has no classes for."""
+
+
+class CheckpointError(AutolmError, ValueError):
+    """A weight file is corrupt, truncated, missing a shard, or holds a tensor of the wrong shape."""
+
+
+class TokenizerError(AutolmError, ValueError):
+    """Tokenizer files are missing or malformed."""
+
+
+class ChatTemplateError(AutolmError, ValueError):
+    """A chat template is missing, raised an exception, or got malformed messages."""
+
+
+class TemplateSecurityError(ChatTemplateError):
+    """A chat template tried to reach Python internals, the file system or the OS."""
+
+
+class GenerationError(AutolmError, ValueError):
+    """Bad arguments to generation (empty prompt, too long a prompt, max_new_tokens <= 0, ...)."""
+
+
+class GGUFError(AutolmError, ValueError):
+    """A GGUF file is truncated, of an unsupported architecture or quant type, or lacks metadata."""
+
+
+class RemoteCodeError(AutolmError, ValueError):
+    """A repo holds custom code that may not run: no consent, a pin mismatch, missing packages."""
