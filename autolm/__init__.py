@@ -19,6 +19,8 @@ _EXPORTS = {
     "AutoModelForCausalLM": "auto",
     "AutoModelForSequenceClassification": "auto",
     "PreTrainedModel": "modeling_utils",
+    "AutoTokenizer": "tokenization",
+    "PreTrainedTokenizerFast": "tokenization",
 }
 
 
