@@ -1,0 +1,97 @@
+"""KV caches: each new token costs one step. Both classes expose `update(k, v, layer_idx)` -> (keys, values).
+
+`DynamicCache` grows as needed (amortised: its buffers double, so a step is a slice write, not a concat).
+`StaticCache` is allocated once at its maximum length, so shapes stay fixed for `torch.compile`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class DynamicCache:
+    def __init__(self, num_layers: int | None = None, **_):
+        self._keys: list[torch.Tensor] = []
+        self._values: list[torch.Tensor] = []
+        self._len: list[int] = []
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append k, v of shape (B, KVH, T, D) for one layer; return all keys and values so far."""
+        if layer_idx == len(self._keys):
+            capacity = max(2 * k.shape[2], 64)
+            self._keys.append(k.new_empty(*k.shape[:2], capacity, k.shape[3]))
+            self._values.append(v.new_empty(*v.shape[:2], capacity, v.shape[3]))
+            self._len.append(0)
+        start, end = self._len[layer_idx], self._len[layer_idx] + k.shape[2]
+        if end > self._keys[layer_idx].shape[2]:
+            self._grow(layer_idx, 2 * end)
+        self._keys[layer_idx][:, :, start:end] = k
+        self._values[layer_idx][:, :, start:end] = v
+        self._len[layer_idx] = end
+        return self._keys[layer_idx][:, :, :end], self._values[layer_idx][:, :, :end]
+
+    def _grow(self, layer_idx: int, capacity: int) -> None:
+        for store in (self._keys, self._values):
+            old = store[layer_idx]
+            new = old.new_empty(*old.shape[:2], capacity, old.shape[3])
+            new[:, :, : old.shape[2]] = old
+            store[layer_idx] = new
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self._len[layer_idx] if layer_idx < len(self._len) else 0
+
+    def reorder_cache(self, index: torch.Tensor) -> None:
+        """Select batch rows (e.g. to repeat prompts for num_return_sequences)."""
+        self._keys = [k.index_select(0, index) for k in self._keys]
+        self._values = [v.index_select(0, index) for v in self._values]
+
+    def crop(self, length: int) -> None:
+        self._len = [min(n, length) for n in self._len]
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __getitem__(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self._len[layer_idx]
+        return self._keys[layer_idx][:, :, :n], self._values[layer_idx][:, :, :n]
+
+
+class StaticCache:
+    """Fixed-size cache for compiled decoding: keys/values live in (B, KVH, max_cache_len, D) buffers.
+
+    The caller passes `cache_position` (the absolute positions being written); attention runs over the
+    whole buffer with a mask that hides the slots not yet written.
+    """
+
+    def __init__(
+        self,
+        config,
+        max_batch_size: int,
+        max_cache_len: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        shape = (max_batch_size, config.num_key_value_heads, max_cache_len, config.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.values = [
+            torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)
+        ]
+        self.max_cache_len = max_cache_len
+        self._seen = 0
+        self.cache_position: torch.Tensor | None = None
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = self.cache_position
+        if pos is None:
+            pos = torch.arange(self._seen, self._seen + k.shape[2], device=k.device)
+        self.keys[layer_idx].index_copy_(2, pos, k)
+        self.values[layer_idx].index_copy_(2, pos, v)
+        if layer_idx == len(self.keys) - 1 and self.cache_position is None:
+            self._seen += k.shape[2]
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self._seen
+
+    def __len__(self) -> int:
+        return len(self.keys)

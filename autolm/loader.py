@@ -1,0 +1,293 @@
+"""from_pretrained, as a pipeline: name -> files -> config -> model class -> weights.
+
+The model is built on the meta device and the mapped checkpoint tensors are assigned into it, cast and
+moved once, so the weights are never copied twice. Every parameter ends up either loaded or named in
+`missing_keys` (and initialised); nothing is left silently random, nothing is returned half-loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .configuration import GENERATION_CONFIG_NAME, GenerationConfig, PretrainedConfig, read_json
+from .errors import CheckpointError
+from .hub import open_repo, pop_hub_kwargs
+from .weights import checkpoint_files, load_checkpoint
+
+logger = logging.getLogger("autolm")
+
+_DTYPE_NAMES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float64": torch.float64,
+}
+_ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+# Arguments of load_pretrained itself (the rest of **kwargs override config attributes).
+LOADER_KWARGS = (
+    "state_dict",
+    "dtype",
+    "torch_dtype",
+    "device_map",
+    "output_loading_info",
+    "ignore_mismatched_sizes",
+    "strict",
+    "gguf_file",
+    "attn_implementation",
+    "low_cpu_mem_usage",
+    "trust_remote_code",
+)
+# Checkpoint keys some old exports carry that no model needs.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def load_pretrained(
+    cls,
+    pretrained_model_name_or_path: str | os.PathLike | None,
+    *model_args,
+    config: PretrainedConfig | str | os.PathLike | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    dtype: torch.dtype | str | None = None,
+    torch_dtype: torch.dtype | str | None = None,
+    device_map: str | int | torch.device | dict | None = None,
+    output_loading_info: bool = False,
+    ignore_mismatched_sizes: bool = False,
+    strict: bool = False,
+    gguf_file: str | None = None,
+    attn_implementation: str | None = None,
+    low_cpu_mem_usage: bool = True,
+    **kwargs,
+):
+    """Load a pretrained model of class `cls`.
+
+    Args:
+        pretrained_model_name_or_path: a model directory, a hub id, or a `.gguf` file.
+        config: a config object (used as is) or a path to load one from; kwargs override its attributes.
+        state_dict: tensors to load instead of the checkpoint files.
+        dtype / torch_dtype: "auto" (default: the config's dtype), a torch dtype, or its name.
+        device_map: None / "cpu", "auto", a device string, index or `torch.device`.
+        output_loading_info: also return {"missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"}.
+        ignore_mismatched_sizes: initialise weights whose shape differs instead of raising.
+        strict: raise instead of initialising missing weights.
+
+    Raises:
+        ConfigError, CheckpointError, UnsupportedModelError, MissingFilesError, ValueError.
+    """
+    hub_kwargs = pop_hub_kwargs(kwargs)
+    kwargs.pop(
+        "trust_remote_code", None
+    )  # consent is the Auto classes' business; a concrete class has no code
+    path = Path(str(pretrained_model_name_or_path or ""))
+    if gguf_file is None and path.suffix == ".gguf" and path.is_file():
+        pretrained_model_name_or_path, gguf_file = path.parent, path.name
+    repo = open_repo(pretrained_model_name_or_path, **hub_kwargs) if pretrained_model_name_or_path else None
+
+    config, unused = _load_config(cls, config, pretrained_model_name_or_path, gguf_file, hub_kwargs, kwargs)
+    if unused:
+        logger.warning(
+            "from_pretrained ignored arguments that are not config attributes: %s", ", ".join(unused)
+        )
+    if attn_implementation is not None:
+        if attn_implementation not in _ATTN_IMPLEMENTATIONS:
+            logger.warning("attn_implementation=%r is not available here; using sdpa.", attn_implementation)
+            attn_implementation = "sdpa"
+        config._attn_implementation = attn_implementation
+
+    target_dtype = dtype if dtype is not None else torch_dtype
+    if state_dict is None and gguf_file is not None:
+        from .gguf import iter_gguf_tensors
+
+        gguf_dtype = resolve_dtype(target_dtype, config, None)
+        state_dict = dict(iter_gguf_tensors(repo.get(gguf_file), gguf_dtype))
+    elif state_dict is None:
+        if repo is None:
+            raise ValueError("Pass a model name or path, or state_dict= together with config=.")
+        state_dict = load_checkpoint(checkpoint_files(repo))
+    target_dtype = resolve_dtype(target_dtype, config, state_dict)
+    device = resolve_device(device_map)
+
+    with torch.device("meta"):
+        model = cls(config, *model_args)
+    info = assign_weights(model, state_dict, target_dtype, device, ignore_mismatched_sizes, strict)
+    del state_dict
+
+    config.dtype = str(target_dtype).removeprefix("torch.")
+    config.name_or_path = str(pretrained_model_name_or_path or "")
+    model.name_or_path = config.name_or_path
+    if repo is not None and repo.exists(GENERATION_CONFIG_NAME):
+        model.generation_config = GenerationConfig(**read_json(repo.get(GENERATION_CONFIG_NAME)))
+    model.eval()
+    return (model, info) if output_loading_info else model
+
+
+def _load_config(cls, config, name, gguf_file, hub_kwargs, kwargs) -> tuple[PretrainedConfig, dict]:
+    if isinstance(config, PretrainedConfig):
+        config = type(config).from_dict(
+            config.to_dict() | {"_attn_implementation": config._attn_implementation}
+        )
+        return config, config.update_known(kwargs)
+    source = config if config is not None else name
+    config_class = cls.config_class
+    if config_class is None:
+        from .auto import AutoConfig
+
+        config_class = AutoConfig
+    return config_class.from_pretrained(
+        source, return_unused_kwargs=True, gguf_file=gguf_file, **hub_kwargs, **kwargs
+    )
+
+
+def resolve_dtype(dtype, config: PretrainedConfig, state_dict: dict | None) -> torch.dtype:
+    """The dtype to load in: "auto"/None read the config's dtype (else the checkpoint's, else float32)."""
+    if dtype is None or dtype == "auto":
+        name = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        if name is not None:
+            return resolve_dtype(name, config, None)
+        for t in (state_dict or {}).values():
+            if t.is_floating_point():
+                return t.dtype
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPE_NAMES:
+        return _DTYPE_NAMES[dtype.removeprefix("torch.")]
+    raise ValueError(
+        f"Unknown dtype {dtype!r}. Use 'auto', a torch dtype, or one of: {', '.join(_DTYPE_NAMES)}."
+    )
+
+
+def resolve_device(device_map) -> torch.device:
+    """autolm puts a model on one device; device_map names it."""
+    if isinstance(device_map, dict):
+        devices = set(device_map.values())
+        if len(devices) != 1:
+            raise ValueError(
+                f"device_map spreads the model over {sorted(map(str, devices))}; autolm places a model on one "
+                "device. Pass device_map='cuda:0', 'cpu' or 'auto'."
+            )
+        device_map = devices.pop()
+    if device_map is None:
+        return torch.device("cpu")
+    if device_map == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device_map, int):
+        return torch.device("cuda", device_map)
+    try:
+        return torch.device(device_map)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device_map={device_map!r} is not a device; pass 'cpu', 'cuda', 'cuda:1' or 'auto'."
+        ) from None
+
+
+def _match_prefix(
+    model: nn.Module, expected: set[str], state: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Let a base-model checkpoint load into a model with a head, and the other way round."""
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    if prefix == ".":
+        return state
+    want, have = any(k.startswith(prefix) for k in expected), any(k.startswith(prefix) for k in state)
+    if want and not have:
+        return {(prefix + k if prefix + k in expected else k): v for k, v in state.items()}
+    if have and not want:
+        return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
+    return state
+
+
+def assign_weights(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    dtype: torch.dtype,
+    device: torch.device,
+    ignore_mismatched_sizes: bool = False,
+    strict: bool = False,
+) -> dict[str, list]:
+    """Put checkpoint tensors into a meta-built model; initialise and report what the checkpoint lacks."""
+    tied = model.tied_keys() if hasattr(model, "tied_keys") else set()
+    targets = dict(model.named_parameters(remove_duplicate=False))
+    targets.update((n, b) for n, b in model.named_buffers() if _is_persistent(model, n))
+    expected = set(targets) - tied
+    state = _match_prefix(model, expected, state)
+
+    mismatched = [(k, tuple(state[k].shape), tuple(targets[k].shape)) for k in expected & set(state)]
+    mismatched = [m for m in mismatched if m[1] != m[2]]
+    if mismatched and not ignore_mismatched_sizes:
+        lines = "; ".join(f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in mismatched)
+        raise CheckpointError(
+            f"Tensor shapes differ from the config: {lines}. Check config.json matches the weights, or pass "
+            "ignore_mismatched_sizes=True to initialise those weights instead."
+        )
+    mismatched_keys = {k for k, _, _ in mismatched}
+    missing = sorted(expected - set(state) | mismatched_keys)
+    unexpected = sorted(k for k in set(state) - expected - tied if not k.endswith(_IGNORED_SUFFIXES))
+    if strict and (missing or unexpected):
+        raise CheckpointError(
+            f"strict=True and the checkpoint does not match the model: missing {missing}, unexpected {unexpected}."
+        )
+
+    for name in sorted(expected):
+        module_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        if name in state and name not in mismatched_keys:
+            tensor = state[name]
+            tensor = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+        else:
+            tensor = _initialised_like(model, module, attr, targets[name], dtype, device)
+        if attr in module._parameters:
+            module._parameters[attr] = nn.Parameter(tensor, requires_grad=tensor.is_floating_point())
+        else:
+            module._buffers[attr] = tensor
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    for module in model.modules():
+        if hasattr(module, "_init_buffers"):
+            module._init_buffers(device)
+    still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if still_meta:
+        raise CheckpointError(f"Internal error: weights left unloaded after assignment: {still_meta}.")
+
+    if missing:
+        logger.warning(
+            "Some weights of %s were not in the checkpoint and are newly initialised: %s. "
+            "Train the model before using it, or check that the checkpoint matches the class.",
+            type(model).__name__,
+            ", ".join(missing),
+        )
+    if unexpected:
+        logger.info("Checkpoint weights not used by %s: %s", type(model).__name__, ", ".join(unexpected))
+    return {
+        "missing_keys": missing,
+        "unexpected_keys": unexpected,
+        "mismatched_keys": [(k, a, b) for k, a, b in mismatched],
+        "error_msgs": [],
+    }
+
+
+def _is_persistent(model: nn.Module, name: str) -> bool:
+    module_name, _, attr = name.rpartition(".")
+    return attr not in model.get_submodule(module_name)._non_persistent_buffers_set
+
+
+def _initialised_like(model, module: nn.Module, attr: str, like: torch.Tensor, dtype, device) -> torch.Tensor:
+    """A fresh tensor for a weight the checkpoint lacks, initialised as transformers would."""
+    tensor = torch.empty(like.shape, dtype=dtype if like.is_floating_point() else like.dtype, device=device)
+    std = getattr(getattr(model, "config", None), "initializer_range", 0.02)
+    with torch.no_grad():
+        if attr == "bias" or not tensor.is_floating_point():
+            tensor.zero_()
+        elif hasattr(module, "variance_epsilon") or isinstance(module, nn.LayerNorm):
+            tensor.fill_(1.0)
+        else:
+            tensor.normal_(0.0, std)
+    return tensor

@@ -1,0 +1,223 @@
+"""Math shared by the decoder families: RMSNorm, rotary embeddings (all scaling types), attention, masks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 and cast back before the weight, as the reference does.
+        dtype = x.dtype
+        x = x.to(torch.float32)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * x.to(dtype)
+
+
+ACT2FN = {"silu": F.silu, "swish": F.silu, "gelu": F.gelu, "relu": F.relu, "gelu_pytorch_tanh": None}
+
+
+def activation(name: str):
+    if name == "gelu_pytorch_tanh":
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name not in ACT2FN:
+        raise ConfigError(f"hidden_act {name!r} is not supported; supported: {', '.join(ACT2FN)}.")
+    return ACT2FN[name]
+
+
+# --- rotary position embeddings ---------------------------------------------------------------
+
+
+def rope_parameters(config) -> dict:
+    """One dict with rope_type, rope_theta and the scaling keys, whichever way the config spells them.
+
+    transformers 4 wrote `rope_theta` + `rope_scaling`; transformers 5 writes `rope_parameters`.
+    """
+    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    params.setdefault("rope_theta", getattr(config, "rope_theta", None) or 10000.0)
+    params["rope_type"] = params.get("rope_type", params.get("type", "default"))
+    if params["rope_type"] in ("llama3", "yarn") and "original_max_position_embeddings" not in params:
+        params["original_max_position_embeddings"] = config.max_position_embeddings
+    return params
+
+
+def _default_inv_freq(base: float, dim: int) -> torch.Tensor:
+    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(torch.float) / dim))
+
+
+def rope_inv_freq(config, seq_len: int | None = None) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies and the cos/sin scale for the config's RoPE type (at `seq_len` for "dynamic")."""
+    p = rope_parameters(config)
+    kind, base = p["rope_type"], float(p["rope_theta"])
+    dim = int(config.head_dim * p.get("partial_rotary_factor", 1.0))
+    if kind == "default":
+        return _default_inv_freq(base, dim), 1.0
+    if kind == "linear":
+        return _default_inv_freq(base, dim) / p["factor"], 1.0
+    if kind == "dynamic":
+        max_pos = config.max_position_embeddings
+        seq_len = max(seq_len or max_pos, max_pos)
+        factor = p["factor"]
+        base = base * ((factor * seq_len / max_pos) - (factor - 1)) ** (dim / (dim - 2))
+        return _default_inv_freq(base, dim), 1.0
+    if kind == "llama3":
+        inv_freq = _default_inv_freq(base, dim)
+        factor, low, high = p["factor"], p["low_freq_factor"], p["high_freq_factor"]
+        old_len = p["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return torch.where(medium, smoothed, scaled), 1.0
+    if kind == "yarn":
+        return _yarn_inv_freq(config, p, base, dim)
+    raise ConfigError(
+        f"rope type {kind!r} is not supported; supported: default, linear, dynamic, llama3, yarn. "
+        "Check rope_scaling / rope_parameters in config.json."
+    )
+
+
+def _yarn_inv_freq(config, p: dict, base: float, dim: int) -> tuple[torch.Tensor, float]:
+    original = p["original_max_position_embeddings"]
+    factor = p.get("factor") or config.max_position_embeddings / original
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention_factor = p.get("attention_factor")
+    if attention_factor is None:
+        if p.get("mscale") and p.get("mscale_all_dim"):
+            attention_factor = mscale(factor, p["mscale"]) / mscale(factor, p["mscale_all_dim"])
+        else:
+            attention_factor = mscale(factor)
+
+    def correction_dim(rotations: float) -> float:
+        return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low, high = correction_dim(p.get("beta_fast") or 32), correction_dim(p.get("beta_slow") or 1)
+    if p.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # avoid a zero-width ramp
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    pos_freqs = base ** (torch.arange(0, dim, 2).to(torch.float) / dim)
+    extrapolation = 1 - ramp
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+    return inv_freq, float(attention_factor)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for the given positions; "dynamic" recomputes its frequencies past the trained length."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.rope_type = rope_parameters(config)["rope_type"]
+        self._init_buffers(None)
+
+    def _init_buffers(self, device: torch.device | None) -> None:
+        inv_freq, self.attention_scaling = rope_inv_freq(self.config)
+        self.register_buffer("inv_freq", inv_freq.to(device) if device else inv_freq, persistent=False)
+        self.original_inv_freq = self.inv_freq
+        self.max_seq_len_cached = self.config.max_position_embeddings
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = self.inv_freq
+        if self.rope_type == "dynamic":
+            seq_len = int(position_ids.max()) + 1
+            if seq_len > self.config.max_position_embeddings:
+                inv_freq = rope_inv_freq(self.config, seq_len)[0].to(x.device)
+        freqs = position_ids[..., None].float() * inv_freq.to(device=x.device, dtype=torch.float)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, head_dim)
+        cos = emb.cos() * self.attention_scaling
+        sin = emb.sin() * self.attention_scaling
+        return cos.to(x.dtype), sin.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, head_dim) broadcasts over heads
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+# --- attention --------------------------------------------------------------------------------
+
+
+def causal_mask(
+    attention_mask: torch.Tensor | None,
+    past_len: int,
+    q_len: int,
+    kv_len: int,
+    device: torch.device,
+    sliding_window: int | None = None,
+) -> torch.Tensor | None:
+    """Boolean (B or 1, 1, q_len, kv_len) mask, True where a query may attend; None when plain causal works.
+
+    Queries sit at positions past_len .. past_len + q_len - 1. `attention_mask` is the usual (B, >= kv_len)
+    1/0 padding mask over the positions seen so far. kv_len > past_len + q_len for a static cache, whose
+    unwritten slots the causal rule hides.
+    """
+    padded = attention_mask is not None and not bool(attention_mask[:, :kv_len].all())
+    plain = kv_len == past_len + q_len and (q_len == 1 or past_len == 0)
+    if plain and not padded and (sliding_window is None or kv_len <= sliding_window):
+        return None  # sdpa's is_causal, or no mask at all for one new token
+    q_pos = torch.arange(past_len, past_len + q_len, device=device)[:, None]
+    k_pos = torch.arange(kv_len, device=device)[None, :]
+    mask = k_pos <= q_pos
+    if sliding_window is not None:
+        mask = mask & (q_pos - k_pos < sliding_window)
+    mask = mask[None, None]  # (1, 1, q, kv)
+    if padded:
+        keep = attention_mask[:, None, None, :kv_len].bool()
+        if keep.shape[-1] < kv_len:  # static cache: slots past the mask are hidden by the causal rule anyway
+            keep = F.pad(keep, (0, kv_len - keep.shape[-1]), value=True)
+        # A padding query sees nothing; let it see itself so softmax stays finite (its output is unused).
+        mask = (mask & keep) | (q_pos == k_pos)[None, None]
+    return mask
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float,
+    implementation: str = "sdpa",
+) -> torch.Tensor:
+    """q: (B, H, T, D); k, v: (B, KVH, S, D). Returns (B, T, H, D)."""
+    n_rep = q.shape[1] // k.shape[1]
+    q_len, kv_len = q.shape[2], k.shape[2]
+    if implementation == "eager":
+        if n_rep > 1:
+            k = k.repeat_interleave(n_rep, dim=1)
+            v = v.repeat_interleave(n_rep, dim=1)
+        scores = torch.matmul(q, k.transpose(2, 3)) * scaling
+        if mask is None and q_len > 1:  # the plain causal case sdpa would take with is_causal
+            mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=q.device).tril(kv_len - q_len)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        out = torch.matmul(probs, v)
+    else:
+        is_causal = mask is None and q_len > 1
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, scale=scaling, enable_gqa=n_rep > 1
+        )
+    return out.transpose(1, 2)  # (B, T, H, D)

@@ -1,0 +1,210 @@
+"""Checkpoint files: find them in a repo, map them without copies, save them in transformers' layout.
+
+safetensors files are memory-mapped (copy-on-write) and sliced into tensors, so loading costs no copy;
+`.bin` files go through `torch.load(weights_only=True, mmap=True)` and never unpickle arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import struct
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+from .hub import Repo
+
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+BIN_WEIGHTS = "pytorch_model.bin"
+BIN_INDEX = "pytorch_model.bin.index.json"
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def checkpoint_files(repo: Repo) -> list[Path]:
+    """The weight files of one format (safetensors preferred), every shard checked present before any load."""
+    for single, index in ((SAFE_WEIGHTS, SAFE_INDEX), (BIN_WEIGHTS, BIN_INDEX)):
+        if repo.exists(single):
+            return [repo.get(single)]
+        if repo.exists(index):
+            index_path = repo.get(index)
+            shards = _index_shards(index_path)
+            missing = [s for s in shards if not repo.exists(s)]
+            if missing:
+                raise CheckpointError(
+                    f"{index_path} names shard(s) that are not in {repo.name}: {', '.join(missing)}. "
+                    "Re-download the model; the checkpoint is incomplete."
+                )
+            return repo.fetch(shards)
+    raise CheckpointError(
+        f"No weights found in {repo.name}: looked for {SAFE_WEIGHTS}, {SAFE_INDEX}, {BIN_WEIGHTS} and {BIN_INDEX}. "
+        "Pass the directory of a complete checkpoint, or gguf_file= for a GGUF file."
+    )
+
+
+def _index_shards(index_path: Path) -> list[str]:
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index_path} is not a valid weight index ({e!r}); re-download it.") from None
+    return sorted(set(weight_map.values()))
+
+
+def load_checkpoint(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """All tensors of the given files, memory-mapped. Nothing is read until a tensor is used."""
+    state: dict[str, torch.Tensor] = {}
+    for path in paths:
+        state.update(map_safetensors(path) if path.suffix == ".safetensors" else load_bin(path))
+    return state
+
+
+def map_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file as views of one copy-on-write mapping of the file."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path} is truncated ({size} bytes): re-download or re-save it.")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > size - 8:
+            raise CheckpointError(
+                f"{path} is truncated or not a safetensors file (header of {header_len} bytes, file of {size}). "
+                "Re-download or re-save it."
+            )
+        try:
+            header = json.loads(f.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CheckpointError(
+                f"{path} has a corrupt safetensors header; re-download or re-save it."
+            ) from None
+    header.pop("__metadata__", None)
+    data_start = 8 + header_len
+    if not header:
+        return {}
+    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
+    data = torch.empty(0, dtype=torch.uint8).set_(storage)
+    tensors = {}
+    for name, info in header.items():
+        try:
+            dtype = SAFETENSORS_DTYPES[info["dtype"]]
+            shape = [int(d) for d in info["shape"]]
+            start, end = (data_start + int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info!r}.") from None
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        if end - start != math.prod(shape) * itemsize or end > size or start < data_start:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} claims bytes {start}..{end} for shape {shape} {info['dtype']}, "
+                f"but the file has {size} bytes. The file is truncated or corrupt: re-download or re-save it."
+            )
+        t = data[start:end]
+        if start % itemsize:
+            t = t.clone()  # unaligned in the file: one copy of this tensor is the price
+        tensors[name] = t.view(dtype).view(shape)
+    return tensors
+
+
+def load_bin(path: Path) -> dict[str, torch.Tensor]:
+    """A PyTorch .bin checkpoint, with `weights_only=True` (no arbitrary unpickling) and mmap when possible."""
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e) and "zip" not in str(e):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except Exception as e:
+        raise CheckpointError(
+            f"Could not load {path} safely ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+            "It is corrupt, truncated, or holds objects other than tensors (which autolm never unpickles). "
+            "Re-download it, or convert it to safetensors."
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict of tensors.")
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return state
+
+
+# --- saving -------------------------------------------------------------------------------------
+
+
+def parse_size(size: int | str) -> int:
+    """'5GB' -> 5 * 10**9, '500MiB' -> 500 * 2**20, ints pass through."""
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?)B?\s*", size.upper())
+    if not m:
+        raise ValueError(f"max_shard_size {size!r} is not a size like '5GB', '500MB' or an int of bytes.")
+    number, unit, binary = float(m.group(1)), m.group(2), m.group(3)
+    power = " KMGT".index(unit) if unit else 0
+    return int(number * (1024 if binary else 1000) ** power)
+
+
+def save_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    directory: Path,
+    max_shard_size: int | str = "5GB",
+    safe_serialization: bool = True,
+) -> list[Path]:
+    """Write the tensors as one file or shards plus an index, named as transformers names them."""
+    from safetensors.torch import save_file
+
+    limit = parse_size(max_shard_size)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    shard_bytes = 0
+    for name, tensor in state_dict.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and shard_bytes + nbytes > limit:
+            shards.append({})
+            shard_bytes = 0
+        shards[-1][name] = tensor.detach().contiguous()
+        shard_bytes += nbytes
+
+    single, index_name = (SAFE_WEIGHTS, SAFE_INDEX) if safe_serialization else (BIN_WEIGHTS, BIN_INDEX)
+    stem, ext = single.rsplit(".", 1)
+    for old in (SAFE_WEIGHTS, SAFE_INDEX, BIN_WEIGHTS, BIN_INDEX):
+        (directory / old).unlink(missing_ok=True)
+    for old in directory.glob("*-of-*.*"):
+        if re.fullmatch(r"(model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin)", old.name):
+            old.unlink()
+
+    names = (
+        [single]
+        if len(shards) == 1
+        else [f"{stem}-{i:05d}-of-{len(shards):05d}.{ext}" for i in range(1, len(shards) + 1)]
+    )
+    written = []
+    for name, shard in zip(names, shards):
+        target = directory / name
+        tmp = target.with_name(target.name + ".tmp")
+        if safe_serialization:
+            save_file(shard, str(tmp), metadata={"format": "pt"})
+        else:
+            torch.save(shard, tmp)
+        os.replace(tmp, target)  # a reader never sees a half-written file
+        written.append(target)
+    if len(shards) > 1:
+        total = sum(t.numel() * t.element_size() for t in state_dict.values())
+        weight_map = {k: n for n, shard in zip(names, shards) for k in shard}
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (directory / index_name).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return written
