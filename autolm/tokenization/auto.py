@@ -1,0 +1,259 @@
+"""`AutoTokenizer.from_pretrained`: a repo's tokenizer files -> `PreTrainedTokenizerFast`.
+
+Reads tokenizer_config.json, special_tokens_map.json, added_tokens.json and chat_template.jinja/.json,
+then builds the backend from tokenizer.json, or else from vocab.json + merges.txt, tokenizer.model or vocab.txt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import TokenizerError
+from ..hub import Repo, open_repo, pop_hub_kwargs
+from . import converters
+from .tokenizer import SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, PreTrainedTokenizerFast
+
+logger = logging.getLogger("autolm")
+
+VOCAB_FILES = (TOKENIZER_FILE, "vocab.json + merges.txt", "tokenizer.model", "vocab.txt")
+
+# What transformers' tokenizer classes assume when the config is silent (class attributes and __init__ defaults)
+_LLAMA = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "padding_side": "left"}
+_GPT2 = {"unk_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}
+_QWEN2 = {"unk_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+_BERT = {
+    "unk_token": "[UNK]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "mask_token": "[MASK]",
+    "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
+}
+# class name (without "Fast") -> (defaults, how to build it without tokenizer.json)
+TOKENIZER_CLASSES: dict[str, tuple[dict[str, Any], str]] = {
+    "LlamaTokenizer": (_LLAMA, "sentencepiece"),
+    "CodeLlamaTokenizer": (_LLAMA, "sentencepiece"),
+    "GPT2Tokenizer": (_GPT2, "gpt2"),
+    "Qwen2Tokenizer": (_QWEN2, "qwen2"),
+    "BertTokenizer": (_BERT, "wordpiece"),
+    "DistilBertTokenizer": (_BERT, "wordpiece"),
+    "PreTrainedTokenizerFast": ({}, "auto"),
+    "TokenizersBackend": ({}, "auto"),
+}
+
+
+class AutoTokenizer:
+    """Load a tokenizer from a directory or hub id, like `transformers.AutoTokenizer`."""
+
+    def __init__(self):
+        raise OSError("AutoTokenizer is built with AutoTokenizer.from_pretrained(name_or_path).")
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, *inputs: Any, **kwargs: Any
+    ) -> PreTrainedTokenizerFast:
+        """Load the tokenizer of a model directory (or hub id, or .gguf file).
+
+        Args:
+            pretrained_model_name_or_path: a directory, a hub id, or a path to a `.gguf` file.
+            gguf_file: name of a .gguf file inside the repo to take the tokenizer from.
+            kwargs: hub arguments (revision, cache_dir, token, ...) and overrides of tokenizer_config.json
+                (bos_token, padding_side, chat_template, model_max_length, ...).
+
+        Raises:
+            TokenizerError: no tokenizer files, or malformed ones.
+        """
+        for ignored in ("use_fast", "trust_remote_code", "_from_auto", "tokenizer_type"):
+            kwargs.pop(ignored, None)  # autolm has only the fast path and never runs repo code
+        hub_kwargs = pop_hub_kwargs(kwargs)
+        gguf_file = kwargs.pop("gguf_file", None)
+        if gguf_file is not None or str(pretrained_model_name_or_path).endswith(".gguf"):
+            return _from_gguf(pretrained_model_name_or_path, gguf_file, hub_kwargs)
+
+        repo = open_repo(pretrained_model_name_or_path, **hub_kwargs)
+        config = read_tokenizer_config(repo)
+        config["name_or_path"] = str(pretrained_model_name_or_path)
+        class_name = str(config.get("tokenizer_class") or "PreTrainedTokenizerFast").removesuffix("Fast")
+        defaults, recipe = TOKENIZER_CLASSES.get(class_name, ({}, "auto"))
+        if class_name not in TOKENIZER_CLASSES:
+            logger.debug("tokenizer_class %s has no recipe here; building from the files present", class_name)
+
+        tokenizer_json = repo.get_optional(TOKENIZER_FILE)
+        if tokenizer_json is not None:
+            # tokenizer.json's post-processor already says whether bos/eos are added (transformers does the same)
+            config.pop("add_bos_token", None)
+            config.pop("add_eos_token", None)
+        init = {**defaults, **config, **kwargs}
+        if tokenizer_json is not None:
+            return PreTrainedTokenizerFast(tokenizer_file=tokenizer_json, **init)
+        backend, extra_added = _build_backend(repo, recipe, init)
+        if extra_added:
+            backend.add_tokens(extra_added)
+        return PreTrainedTokenizerFast(tokenizer_object=backend, **init)
+
+
+def _from_gguf(
+    name_or_path: str | os.PathLike, gguf_file: str | None, hub_kwargs: dict
+) -> PreTrainedTokenizerFast:
+    from ..gguf import tokenizer_from_gguf  # GGUF support loads only when asked for
+
+    if gguf_file is None:
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise TokenizerError(
+                f"{path} does not exist. Pass the path of a .gguf file or a directory and gguf_file=."
+            )
+    else:
+        path = open_repo(name_or_path, **hub_kwargs).get(gguf_file)
+    return tokenizer_from_gguf(Path(path))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TokenizerError(f"Could not read {path} as JSON: {e}. Fix or re-download the file.") from e
+
+
+def read_tokenizer_config(repo: Repo) -> dict[str, Any]:
+    """tokenizer_config.json merged with the older side files and any separate chat template file."""
+    path = repo.get_optional(TOKENIZER_CONFIG_FILE)
+    config: dict[str, Any] = _read_json(path) if path is not None else {}
+    if not isinstance(config, dict):
+        raise TokenizerError(f"{path} holds a {type(config).__name__}; expected a JSON object of settings.")
+    config.pop("init_inputs", None)
+    config.pop("auto_map", None)  # custom tokenizer code is never run
+
+    if "added_tokens_decoder" not in config:
+        # Older layout: special tokens in special_tokens_map.json, added tokens in added_tokens.json
+        specials_path = repo.get_optional(SPECIAL_TOKENS_MAP_FILE)
+        if specials_path is not None:
+            for key, value in _read_json(specials_path).items():
+                if key in ("additional_special_tokens", "extra_special_tokens") and isinstance(value, list):
+                    existing = list(
+                        config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
+                    )
+                    config["extra_special_tokens"] = existing + [v for v in value if v not in existing]
+                    config.pop("additional_special_tokens", None)
+                else:
+                    config[key] = value
+        added_path = repo.get_optional("added_tokens.json")
+        if added_path is not None:
+            specials = {
+                _content(config[k])
+                for k in (
+                    "bos_token",
+                    "eos_token",
+                    "unk_token",
+                    "sep_token",
+                    "pad_token",
+                    "cls_token",
+                    "mask_token",
+                )
+                if config.get(k)
+            }
+            specials |= {_content(t) for t in config.get("extra_special_tokens") or []}
+            config["added_tokens_decoder"] = {
+                index: {"content": token, "normalized": token not in specials, "special": token in specials}
+                for token, index in _read_json(added_path).items()
+            }
+
+    # A separate template file wins over the config entry
+    jinja_path = repo.get_optional("chat_template.jinja")
+    json_path = repo.get_optional("chat_template.json")
+    if jinja_path is not None:
+        config["chat_template"] = jinja_path.read_text(encoding="utf-8")
+    elif json_path is not None:
+        template = _read_json(json_path)
+        config["chat_template"] = template.get("chat_template") if isinstance(template, dict) else template
+    extra_templates = _named_templates(repo)
+    if extra_templates:
+        named = config.get("chat_template")
+        if isinstance(named, list):
+            named = {t["name"]: t["template"] for t in named}
+        elif isinstance(named, str):
+            named = {"default": named}
+        config["chat_template"] = {**(named or {}), **extra_templates}
+    return config
+
+
+def _named_templates(repo: Repo) -> dict[str, str]:
+    # additional_chat_templates/<name>.jinja: extra templates selectable by name
+    try:
+        files = repo.list_files()
+    except NotImplementedError:
+        return {}
+    names = [f for f in files if f.startswith("additional_chat_templates/") and f.endswith(".jinja")]
+    return {Path(f).stem: repo.get(f).read_text(encoding="utf-8") for f in names}
+
+
+def _content(token: Any) -> str:
+    return token["content"] if isinstance(token, dict) else str(token)
+
+
+def _build_backend(repo: Repo, recipe: str, init: dict[str, Any]):
+    """Build the backend without tokenizer.json; returns (tokenizer, tokens to register as added)."""
+    has = {name: repo.exists(name) for name in ("vocab.json", "merges.txt", "tokenizer.model", "vocab.txt")}
+    if recipe == "auto":
+        if has["tokenizer.model"]:
+            recipe = "sentencepiece"
+        elif has["vocab.json"] and has["merges.txt"]:
+            recipe = "gpt2"
+        elif has["vocab.txt"]:
+            recipe = "wordpiece"
+    if recipe in ("gpt2", "qwen2") and has["vocab.json"] and has["merges.txt"]:
+        vocab = converters.read_vocab_json(repo.get("vocab.json"))
+        merges = converters.read_merges_txt(repo.get("merges.txt"))
+        return converters.byte_level_bpe(
+            vocab, merges, recipe, bool(init.get("add_prefix_space") or False)
+        ), []
+    if recipe == "sentencepiece" and has["tokenizer.model"]:
+        spm = converters.read_sentencepiece_model(repo.get("tokenizer.model"))
+        add_prefix_space = init.get("add_prefix_space")
+        return converters.sentencepiece_tokenizer(
+            spm,
+            add_prefix_space=True if add_prefix_space is None else bool(add_prefix_space),
+            legacy=bool(init.get("legacy", False)),
+        )
+    if recipe == "wordpiece" and has["vocab.txt"]:
+        from tokenizers import processors
+
+        vocab = converters.read_vocab_txt(repo.get("vocab.txt"))
+        tok = converters.wordpiece(
+            vocab,
+            unk_token=_content(init.get("unk_token") or "[UNK]"),
+            do_lower_case=init.get("do_lower_case", True),
+            tokenize_chinese_chars=init.get("tokenize_chinese_chars", True),
+            strip_accents=init.get("strip_accents"),
+        )
+        cls_tok, sep_tok = (
+            _content(init.get("cls_token") or "[CLS]"),
+            _content(init.get("sep_token") or "[SEP]"),
+        )
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{cls_tok}:0 $A:0 {sep_tok}:0",
+            pair=f"{cls_tok}:0 $A:0 {sep_tok}:0 $B:1 {sep_tok}:1",
+            special_tokens=[(cls_tok, vocab.get(cls_tok, 2)), (sep_tok, vocab.get(sep_tok, 3))],
+        )
+        return tok, []
+    found = ", ".join(f for f in _safe_list(repo) if not f.startswith(".")) or "nothing"
+    needs = (
+        f" (tokenizer_class {init.get('tokenizer_class')} needs the {recipe} files)"
+        if recipe != "auto"
+        else ""
+    )
+    raise TokenizerError(
+        f"No tokenizer files in {repo.name}: looked for {', '.join(VOCAB_FILES)}{needs}. Found: {found}. "
+        "Copy the tokenizer files from the original model, or pass a directory that has them."
+    )
+
+
+def _safe_list(repo: Repo) -> list[str]:
+    try:
+        return repo.list_files()
+    except NotImplementedError:
+        return []

@@ -1,0 +1,258 @@
+"""Build a `tokenizers.Tokenizer` from the older vocabulary files, for repos without tokenizer.json.
+
+Three families: GPT-2-style byte-level BPE (`vocab.json` + `merges.txt`), SentencePiece (`tokenizer.model`,
+read here with a small protobuf reader so the `sentencepiece` package is not needed), and WordPiece (`vocab.txt`).
+Each recipe builds the same pipeline transformers builds for that tokenizer class, so ids match.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+from tokenizers.models import BPE, Unigram, WordPiece
+
+from ..errors import TokenizerError
+
+# Qwen2's split rule: contractions, letters, single digits, punctuation runs, newlines, spaces
+QWEN2_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+
+
+# --- byte-level BPE ---------------------------------------------------------------------------
+
+
+def read_vocab_json(path: Path) -> dict[str, int]:
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TokenizerError(
+            f"Could not read {path} as a JSON token->id map: {e}. Re-download the file."
+        ) from e
+    if not isinstance(vocab, dict):
+        raise TokenizerError(f"{path} holds a {type(vocab).__name__}, expected a JSON object of token -> id.")
+    return vocab
+
+
+def read_merges_txt(path: Path) -> list[tuple[str, str]]:
+    merges = []
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        # The first line is often a "#version: 0.2" header; blank lines carry nothing
+        if not line.strip() or line.startswith("#version"):
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2:
+            raise TokenizerError(f"{path}: the merge line {line!r} is not two tokens separated by one space.")
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
+def byte_level_bpe(
+    vocab: dict[str, int],
+    merges: list[tuple[str, str]],
+    flavour: str = "gpt2",
+    add_prefix_space: bool = False,
+) -> Tokenizer:
+    """GPT-2 (`flavour="gpt2"`) or Qwen2 (`"qwen2"`: NFC + its own split regex) byte-level BPE."""
+    model = BPE(
+        vocab=vocab,
+        merges=merges,
+        dropout=None,
+        continuing_subword_prefix="",
+        end_of_word_suffix="",
+        fuse_unk=False,
+    )
+    tok = Tokenizer(model)
+    if flavour == "qwen2":
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space, use_regex=False),
+            ]
+        )
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+# --- WordPiece --------------------------------------------------------------------------------
+
+
+def read_vocab_txt(path: Path) -> dict[str, int]:
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if lines and lines[-1] == "":  # the file's final newline is not an empty token
+        lines.pop()
+    return {token: i for i, token in enumerate(lines)}
+
+
+def wordpiece(
+    vocab: dict[str, int],
+    unk_token: str = "[UNK]",
+    do_lower_case: bool = True,
+    tokenize_chinese_chars: bool = True,
+    strip_accents: bool | None = None,
+) -> Tokenizer:
+    """BERT's pipeline: clean + lowercase (+ CJK spacing) normalizer, whitespace/punctuation split, `##` pieces."""
+    tok = Tokenizer(WordPiece(vocab, unk_token=unk_token))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True,
+        handle_chinese_chars=tokenize_chinese_chars,
+        strip_accents=strip_accents,
+        lowercase=do_lower_case,
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+# --- SentencePiece ----------------------------------------------------------------------------
+
+# Piece types in sentencepiece_model.proto
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+
+@dataclass
+class SentencePieceModel:
+    """The parts of a SentencePiece ModelProto that tokenization needs."""
+
+    pieces: list[tuple[str, float, int]] = field(default_factory=list)  # (piece, score, type)
+    model_type: int = 1  # 1 unigram, 2 bpe
+    byte_fallback: bool = False
+    unk_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+    pad_id: int = -1
+    add_dummy_prefix: bool = True
+
+    def piece(self, index: int) -> str | None:
+        return self.pieces[index][0] if 0 <= index < len(self.pieces) else None
+
+
+def _fields(buf: bytes):
+    """Yield (field number, wire type, value) from a protobuf message; length-delimited values stay bytes."""
+    pos, end = 0, len(buf)
+
+    def varint() -> int:
+        nonlocal pos
+        shift = result = 0
+        while True:
+            if pos >= end:
+                raise ValueError("truncated varint")
+            b = buf[pos]
+            pos += 1
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return result
+            shift += 7
+
+    while pos < end:
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value = varint()
+        elif wire == 1:
+            value, pos = buf[pos : pos + 8], pos + 8
+        elif wire == 2:
+            length = varint()
+            value, pos = buf[pos : pos + length], pos + length
+        elif wire == 5:
+            value, pos = buf[pos : pos + 4], pos + 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        if pos > end:
+            raise ValueError("truncated field")
+        yield number, wire, value
+
+
+def _int32(v: int) -> int:
+    # Negative int32 values (pad_id = -1) are written as 64-bit two's complement varints
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def read_sentencepiece_model(path: Path) -> SentencePieceModel:
+    try:
+        data = path.read_bytes()
+        spm = SentencePieceModel()
+        for number, _, value in _fields(data):
+            if number == 1:  # repeated SentencePiece
+                piece, score, kind = "", 0.0, NORMAL
+                for n, _, v in _fields(value):
+                    if n == 1:
+                        piece = v.decode("utf-8")
+                    elif n == 2:
+                        score = struct.unpack("<f", v)[0]
+                    elif n == 3:
+                        kind = v
+                spm.pieces.append((piece, score, kind))
+            elif number == 2:  # TrainerSpec
+                for n, _, v in _fields(value):
+                    if n == 3:
+                        spm.model_type = v
+                    elif n == 35:
+                        spm.byte_fallback = bool(v)
+                    elif n in (40, 41, 42, 43):
+                        setattr(spm, {40: "unk_id", 41: "bos_id", 42: "eos_id", 43: "pad_id"}[n], _int32(v))
+            elif number == 3:  # NormalizerSpec
+                for n, _, v in _fields(value):
+                    if n == 3:
+                        spm.add_dummy_prefix = bool(v)
+    except (ValueError, UnicodeDecodeError, struct.error) as e:
+        raise TokenizerError(
+            f"{path} is not a readable SentencePiece model ({e}). It may be truncated or a different format "
+            "(a tiktoken file?). Re-download it, or provide tokenizer.json."
+        ) from e
+    if not spm.pieces:
+        raise TokenizerError(f"{path} holds no vocabulary pieces; it is not a SentencePiece model.")
+    return spm
+
+
+def merges_from_vocab(vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """Recover BPE merges from a ranked vocabulary: a piece made of two known pieces is a merge, ranked by the piece.
+
+    SentencePiece stores no merge list; its BPE merges pairs in the order the merged pieces were learnt,
+    which is their id. Splits of one piece are tried shortest-left first.
+    """
+    merges = []
+    for piece, rank in vocab.items():
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in vocab and right in vocab:
+                merges.append((rank, cut, len(right), left, right))
+    merges.sort(key=lambda m: m[:3])
+    return [(left, right) for _, _, _, left, right in merges]
+
+
+def sentencepiece_tokenizer(
+    spm: SentencePieceModel, add_prefix_space: bool = True, legacy: bool = False
+) -> tuple[Tokenizer, list[AddedToken]]:
+    """Llama's pipeline on a SentencePiece vocabulary: Metaspace, BPE with byte fallback, no normalizer.
+
+    Returns the tokenizer and the pieces to register as added tokens (control pieces are special).
+    """
+    vocab = {piece: i for i, (piece, _, _) in enumerate(spm.pieces)}
+    if spm.model_type == 1:  # unigram: keep the scores, the model is a lattice search, not merges
+        model = Unigram(
+            [(p, s) for p, s, _ in spm.pieces], unk_id=spm.unk_id, byte_fallback=spm.byte_fallback
+        )
+    else:
+        model = BPE(
+            vocab=vocab, merges=merges_from_vocab(vocab), fuse_unk=True, byte_fallback=True, dropout=None
+        )
+    tok = Tokenizer(model)
+    # "first": only the start of the text gets the dummy "▁", not text after each special token
+    scheme = ("always" if legacy else "first") if add_prefix_space else "never"
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=False)
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if add_prefix_space:
+        steps.append(decoders.Strip(content=" ", left=1))
+    tok.decoder = decoders.Sequence(steps)
+    added = [
+        AddedToken(piece, normalized=False, special=kind == CONTROL)
+        for piece, _, kind in spm.pieces
+        if kind in (CONTROL, USER_DEFINED)
+    ]
+    return tok, added
