@@ -1,0 +1,129 @@
+"""The `autolm` command. One function per subcommand; `main` only parses and dispatches.
+
+Only this module prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import sys
+
+from .errors import AutolmError
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .hub import open_repo
+
+    repo = open_repo(
+        args.model,
+        revision=args.revision,
+        hub=args.hub,
+        cache_dir=args.cache_dir,
+        token=args.token,
+        force_download=args.force_download,
+    )
+    files = repo.list_files()
+    if args.include:
+        files = [f for f in files if any(fnmatch.fnmatch(f, g) for g in args.include)]
+        if not files:
+            print(f"No file of {args.model} matches {' '.join(args.include)}.", file=sys.stderr)
+            return 1
+    repo.fetch(files)
+    print(repo.local_dir)
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def cmd_cache_ls(args: argparse.Namespace) -> int:
+    from . import cache
+
+    repos = cache.scan(args.cache_dir)
+    if not repos:
+        print(f"The cache {args.cache_dir or cache.default_cache_dir()} holds no models.")
+        return 0
+    print(f"{'REPO':40} {'REVISION':40} {'REFS':16} {'FILES':>5} {'SIZE':>10}")
+    for repo in repos:
+        for rev in repo.revisions or [None]:
+            if rev is None:
+                print(f"{repo.repo_id:40} {'-':40} {'-':16} {0:>5} {_size(repo.size):>10}")
+            else:
+                refs = ",".join(rev.refs) or "-"
+                print(f"{repo.repo_id:40} {rev.commit:40} {refs:16} {rev.files:>5} {_size(rev.size):>10}")
+    return 0
+
+
+def cmd_cache_verify(args: argparse.Namespace) -> int:
+    from . import cache
+
+    problems = cache.verify(args.cache_dir, args.model)
+    for p in problems:
+        print(f"{p.kind.upper():10} {p.repo_id}: {p.path} ({p.detail})")
+    if problems:
+        print(
+            f"{len(problems)} problem(s). Remove the affected revisions with `autolm cache rm MODEL` and download again."
+        )
+        return 1
+    print("Cache OK.")
+    return 0
+
+
+def cmd_cache_rm(args: argparse.Namespace) -> int:
+    from . import cache
+
+    freed = cache.remove(args.model, args.revision, args.cache_dir)
+    print(f"Removed {args.model}{'@' + args.revision if args.revision else ''}: freed {_size(freed)}.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autolm", description="Load and run pretrained language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("download", help="download a model into the cache and print its local path")
+    p.add_argument("model")
+    p.add_argument("--revision")
+    p.add_argument("--include", action="append", metavar="GLOB", help="only files matching GLOB (repeatable)")
+    p.add_argument("--hub", choices=["huggingface", "modelscope"])
+    p.add_argument("--cache-dir")
+    p.add_argument("--token")
+    p.add_argument("--force-download", action="store_true")
+    p.set_defaults(func=cmd_download)
+
+    c = sub.add_parser("cache", help="inspect and clean the model cache").add_subparsers(
+        dest="cache_command", required=True
+    )
+    ls = c.add_parser("ls", help="list cached repos, revisions and sizes")
+    ls.set_defaults(func=cmd_cache_ls)
+    verify = c.add_parser(
+        "verify", help="recompute blob hashes; exit 1 on corrupt, incomplete or dangling entries"
+    )
+    verify.add_argument("model", nargs="?")
+    verify.set_defaults(func=cmd_cache_verify)
+    rm = c.add_parser("rm", help="remove a cached repo or one revision")
+    rm.add_argument("model")
+    rm.add_argument("--revision")
+    rm.set_defaults(func=cmd_cache_rm)
+    for q in (ls, verify, rm):
+        q.add_argument("--cache-dir")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (AutolmError, FileNotFoundError, ModuleNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
