@@ -249,8 +249,9 @@ def test_special_ids_and_sizes_match(pairs, kind):
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_batch_padding_and_truncation_match(pairs, kind, side):
     ours, ref = pairs(kind)
-    if ref.pad_token is None:
-        pytest.skip("no pad token")
+    if ref.pad_token is None:  # the usual fix for GPT-2-like tokenizers, done the same way on both
+        ours.pad_token, ref.pad_token = ours.eos_token, ref.eos_token
+        assert ours.pad_token_id == ref.pad_token_id is not None
     batch = [LINES[0], LINES[6], "short", LINES[20], "你好，世界 🙂"]
     ours.padding_side = ref.padding_side = side
     ours.truncation_side = ref.truncation_side = side
@@ -279,7 +280,7 @@ def test_batch_padding_and_truncation_match(pairs, kind, side):
 def test_batch_decode_skips_special_tokens(pairs, kind):
     ours, ref = pairs(kind)
     if ref.pad_token is None:
-        pytest.skip("no pad token")
+        ours.pad_token, ref.pad_token = ours.eos_token, ref.eos_token
     enc = ref(["Hello there", "你好 🙂 café", LINES[-3]], padding=True)
     for skip in (True, False):
         assert ours.batch_decode(enc["input_ids"], skip_special_tokens=skip) == ref.batch_decode(

@@ -185,8 +185,8 @@ def _named_templates(repo: Repo) -> dict[str, str]:
     # additional_chat_templates/<name>.jinja: extra templates selectable by name
     try:
         files = repo.list_files()
-    except NotImplementedError:
-        return {}
+    except (NotImplementedError, OSError):
+        return {}  # a repo that cannot list its files (offline hub) just has no extra templates
     names = [f for f in files if f.startswith("additional_chat_templates/") and f.endswith(".jinja")]
     return {Path(f).stem: repo.get(f).read_text(encoding="utf-8") for f in names}
 
@@ -255,5 +255,5 @@ def _build_backend(repo: Repo, recipe: str, init: dict[str, Any]):
 def _safe_list(repo: Repo) -> list[str]:
     try:
         return repo.list_files()
-    except NotImplementedError:
+    except (NotImplementedError, OSError):
         return []
