@@ -173,6 +173,8 @@ class PretrainedConfig:
             if key == "dtype" and value is not None and not isinstance(value, str):
                 value = str(value).removeprefix("torch.")
             out[key] = copy.deepcopy(value)
+        if out.get("dtype") is not None:
+            out["torch_dtype"] = out["dtype"]  # transformers 4 reads this spelling, 5 the other
         out["id2label"] = {str(k): v for k, v in self.id2label.items()}
         out["model_type"] = self.model_type or out.get("model_type", "")
         return out

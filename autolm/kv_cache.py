@@ -59,8 +59,9 @@ class DynamicCache:
 class StaticCache:
     """Fixed-size cache for compiled decoding: keys/values live in (B, KVH, max_cache_len, D) buffers.
 
-    The caller passes `cache_position` (the absolute positions being written); attention runs over the
-    whole buffer with a mask that hides the slots not yet written.
+    The model sets `cache_position` (the absolute slots being written, a LongTensor) before the layers run;
+    attention then covers the whole buffer, and the caller's mask hides the slots not yet written.
+    Without `cache_position` the cache appends after what it has seen, like `DynamicCache`.
     """
 
     def __init__(
@@ -71,27 +72,46 @@ class StaticCache:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
-        shape = (max_batch_size, config.num_key_value_heads, max_cache_len, config.head_dim)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        shape = (max_batch_size, kv_heads, max_cache_len, head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.values = [
             torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)
         ]
+        self.max_batch_size = max_batch_size
         self.max_cache_len = max_cache_len
         self._seen = 0
         self.cache_position: torch.Tensor | None = None
 
     def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v of shape (B, KVH, T, D) at `cache_position`; return the whole buffers."""
         pos = self.cache_position
         if pos is None:
             pos = torch.arange(self._seen, self._seen + k.shape[2], device=k.device)
         self.keys[layer_idx].index_copy_(2, pos, k)
         self.values[layer_idx].index_copy_(2, pos, v)
-        if layer_idx == len(self.keys) - 1 and self.cache_position is None:
-            self._seen += k.shape[2]
+        if layer_idx == len(self.keys) - 1 and not torch.compiler.is_compiling():
+            # the length is bookkeeping for eager callers; a compiled step must not read tensors into ints
+            self._seen = (
+                max(self._seen, int(pos[-1]) + 1)
+                if self.cache_position is not None
+                else self._seen + k.shape[2]
+            )
         return self.keys[layer_idx], self.values[layer_idx]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self._seen
 
+    def reset(self) -> None:
+        """Forget the contents (the buffers are reused, so a compiled step keeps its graph)."""
+        for buffer in (*self.keys, *self.values):
+            buffer.zero_()
+        self._seen = 0
+        self.cache_position = None
+
     def __len__(self) -> int:
         return len(self.keys)
+
+    def __getitem__(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.keys[layer_idx][:, :, : self._seen], self.values[layer_idx][:, :, : self._seen]

@@ -161,6 +161,7 @@ class LlamaModel(LlamaPreTrainedModel):
     ) -> ModelOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        past_key_values = kwargs.get("cache", past_key_values)  # transformers 5's new name
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, T = x.shape[:2]
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -169,13 +170,21 @@ class LlamaModel(LlamaPreTrainedModel):
         cache = past_key_values
         if cache is None and use_cache:
             cache = DynamicCache()
-        past = cache.get_seq_length() if cache is not None else 0
-        if cache_position is not None:
-            past = int(cache_position[0])
-        kv_len = getattr(cache, "max_cache_len", past + T)
-        if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=x.device).unsqueeze(0)
-        mask = causal_mask(attention_mask, past, T, kv_len, x.device, self.config.attention_window)
+        if cache_position is not None and hasattr(cache, "cache_position"):
+            cache.cache_position = cache_position  # a static cache writes at these slots
+        # A 4D boolean mask comes ready-made (e.g. from a compiled decode step, which must not read
+        # tensors into Python ints); otherwise build it from the 2D padding mask.
+        prepared = attention_mask is not None and attention_mask.dim() == 4
+        mask = attention_mask if prepared else None
+        if position_ids is None or not prepared:
+            past = cache.get_seq_length() if cache is not None else 0
+            if cache_position is not None:
+                past = int(cache_position[0])
+            if position_ids is None:
+                position_ids = torch.arange(past, past + T, device=x.device).unsqueeze(0)
+        if not prepared:
+            kv_len = getattr(cache, "max_cache_len", past + T)
+            mask = causal_mask(attention_mask, past, T, kv_len, x.device, self.config.attention_window)
         position_embeddings = self.rotary_emb(x, position_ids)
 
         hidden_states = [x] if output_hidden_states else None

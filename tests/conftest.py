@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny random models written by transformers (the oracle) into tmp dirs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Tests never reach the network; a stray hub call must fail fast rather than hang.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+TINY = dict(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
+
+FAMILIES = ("llama", "qwen2", "qwen3")
+
+
+def reference_classes(family: str):
+    """transformers' (config class, causal LM class, base class, sequence classification class)."""
+    import transformers
+
+    prefix = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}[family]
+    return tuple(
+        getattr(transformers, f"{prefix}{s}")
+        for s in ("Config", "ForCausalLM", "Model", "ForSequenceClassification")
+    )
+
+
+def make_reference(family: str, seed: int = 0, task: str = "causal_lm", **overrides):
+    """A tiny random transformers model of `family` in float32, eval mode."""
+    config_cls, causal, base, seqcls = reference_classes(family)
+    kwargs = {**TINY, **overrides}
+    if family == "qwen3":
+        kwargs.setdefault("head_dim", 16)
+    config = config_cls(**kwargs)
+    torch.manual_seed(seed)
+    model_cls = {"causal_lm": causal, "base": base, "sequence_classification": seqcls}[task]
+    return model_cls(config).eval()
+
+
+def save_reference(model, directory: Path, fmt: str = "safetensors") -> Path:
+    """Save with transformers as safetensors / sharded safetensors, or as .bin / sharded .bin.
+
+    transformers 5 writes only safetensors, so the .bin layouts (still common on the Hub) are written
+    here the way transformers 4 wrote them: torch.save of the state dict, shards plus a weight_map index.
+    """
+    shard = "20KB" if fmt == "sharded_safetensors" else "5GB"
+    model.save_pretrained(directory, max_shard_size=shard)
+    if "bin" not in fmt:
+        return directory
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    for f in directory.glob("model*.safetensors*"):
+        f.unlink()
+    if fmt == "bin":
+        torch.save(state, directory / "pytorch_model.bin")
+        return directory
+    names = sorted(state)
+    parts = [names[i : i + 5] for i in range(0, len(names), 5)]
+    weight_map = {}
+    for i, part in enumerate(parts, 1):
+        shard_name = f"pytorch_model-{i:05d}-of-{len(parts):05d}.bin"
+        torch.save({k: state[k] for k in part}, directory / shard_name)
+        weight_map.update(dict.fromkeys(part, shard_name))
+    index = {
+        "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+        "weight_map": weight_map,
+    }
+    (directory / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    return directory
+
+
+@pytest.fixture
+def tiny_llama_dir(tmp_path) -> Path:
+    return save_reference(make_reference("llama"), tmp_path / "llama")
+
+
+def input_ids(
+    batch: int = 2, length: int = 11, vocab: int = TINY["vocab_size"], seed: int = 1
+) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch, length), generator=g)
