@@ -485,7 +485,8 @@ class PreTrainedTokenizerFast:
         if return_length:
             data["length"] = [len(e.ids) for e in sequences]
         if not batched and return_tensors is None and not return_overflowing_tokens:
-            data = {k: v[0] for k, v in data.items()}
+            # transformers keeps "length" a one-item list even for one text
+            data = {k: (v if k == "length" else v[0]) for k, v in data.items()}
         return BatchEncoding(data, encodings=sequences, tensor_type=return_tensors)
 
     def _strategies(
