@@ -214,11 +214,55 @@ def test_local_paths(tmp_path):
         open_repo(tmp_path).get("model.safetensors")
 
 
-def test_model_loads_by_hub_id_same_as_local(env, hub, tmp_path):
-    """The full loader through the hub: same logits as loading the same files from a directory."""
-    torch = pytest.importorskip("torch")
-    auto = pytest.importorskip("autolm.auto")
-    if not hasattr(auto, "AutoModelForCausalLM"):
-        pytest.fail("autolm.auto has no AutoModelForCausalLM yet")
-    shutil.rmtree(tmp_path / "unused", ignore_errors=True)
-    del torch
+def test_model_loads_by_hub_id_same_as_local(hub_model, tmp_path):
+    """The full loader through the hub: same logits as transformers on the same files, and offline after."""
+    import torch
+    import transformers
+
+    import autolm
+
+    url, saved, sha = hub_model
+    model = autolm.AutoModelForCausalLM.from_pretrained("org/llama", revision=sha, cache_dir=tmp_path / "c")
+    ref = transformers.AutoModelForCausalLM.from_pretrained(saved)
+    ids = torch.tensor([[1, 5, 9, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, ref(ids).logits)
+    assert not list((tmp_path / "c").rglob("pytorch_model.bin"))
+    again = autolm.AutoModelForCausalLM.from_pretrained(
+        "org/llama", revision=sha, cache_dir=tmp_path / "c", local_files_only=True
+    )
+    assert again is not None
+
+
+@pytest.fixture(scope="module")
+def hub_model(tmp_path_factory):
+    import torch
+    import transformers
+
+    tmp = tmp_path_factory.mktemp("llama")
+    cfg = transformers.LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp / "saved")
+    files = {p.name: p.read_bytes() for p in (tmp / "saved").iterdir()}
+    files["pytorch_model.bin"] = b"\0" * 2048  # must never be fetched
+    repo = make_repo(tmp / "src", files)
+    with serve_repos({"org/llama": repo}, tmp) as server:
+        import os as _os
+
+        old = _os.environ.get("HF_ENDPOINT")
+        _os.environ["HF_ENDPOINT"] = server.url
+        try:
+            yield server.url, tmp / "saved", head(repo)
+        finally:
+            if old is None:
+                _os.environ.pop("HF_ENDPOINT")
+            else:
+                _os.environ["HF_ENDPOINT"] = old

@@ -210,6 +210,12 @@ class HubRepo(Repo):
             if files is not None:
                 self._set_listing(files, complete=True)
                 return self.requested
+            snap = self.storage / "snapshots" / self.requested
+            if snap.is_dir():  # filled by another tool: list it lazily, only if a file is not there
+                self._set_listing(
+                    {p.relative_to(snap).as_posix(): None for p in snap.rglob("*") if p.is_file()}, False
+                )
+                return self.requested
         memo = _resolved.get(self._memo_key())
         if memo is not None and time.monotonic() - memo[0] < RESOLVE_TTL_S and not s.force_download:
             _, commit, files = memo
@@ -312,8 +318,8 @@ class HubRepo(Repo):
 
     def _unreachable(self, e: BaseException) -> HubUnreachableError:
         return HubUnreachableError(
-            f"Could not reach {self.settings.endpoint} to resolve {self.name}@{self.requested} ({e}), and it is "
-            "not in the cache. Check your network or HF_ENDPOINT; to load only from the cache set "
+            f"Could not reach {self.settings.endpoint} for {self.name}@{self.requested} ({e}), and the files "
+            "needed are not in the cache. Check your network or HF_ENDPOINT; to load only from the cache set "
             "HF_HUB_OFFLINE=1 or pass local_files_only=True."
         )
 
@@ -417,6 +423,13 @@ class HubRepo(Repo):
                 f"{self.name} at revision {self.requested!r} has no {', '.join(absent)}. "
                 f"It holds: {', '.join(shown) or 'nothing'}. Check the file names, revision and subfolder."
             )
+        if read_tree(self.storage, self.revision) is None:
+            # Downloading anyway: one more call caches the listing, so later loads by sha need none.
+            try:
+                with proxied(s.proxies):
+                    self._list_tree(self.revision)
+            except Exception as e:
+                raise self._translate(e, todo) from e
         sizes = [self._files.get(f) for f in todo]
         sized = all(n is not None for n in sizes)
         with DownloadBar(f"Downloading {self.name}", sum(sizes) if sized else None) as bar:
