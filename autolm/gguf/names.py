@@ -1,0 +1,252 @@
+"""From llama.cpp's names and keys to transformers' ones: one declarative table per family.
+
+A family says which `general.architecture` it reads, the transformers `model_type` and class it
+becomes, how GGUF tensor names map to Hugging Face parameter names, and whether llama.cpp's
+converter permuted the q/k rows (it does so for "llama" only, to turn the halves-rotary layout of
+Hugging Face into the interleaved one ggml computes with).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from os import PathLike
+
+import numpy as np
+import torch
+
+from ..errors import GGUFError
+from .dequant import FLOAT_TYPES, dequantize
+from .reader import GGUFFile, read_gguf
+
+logger = logging.getLogger("autolm")
+
+# GGUF name outside the blocks -> Hugging Face name
+_TOP = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+# GGUF name inside `blk.N.` -> Hugging Face name inside `model.layers.N.`
+_LAYER = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+# Tensors llama.cpp writes that have no Hugging Face parameter: precomputed rope factors (llama 3.1+).
+_IGNORED = {"rope_freqs.weight"}
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str
+    architecture: str  # the transformers class
+    top: dict[str, str]
+    layer: dict[str, str]
+    permute_qk: bool = False
+    head_dim: bool = False  # whether the transformers config carries `head_dim`
+    extra_config: dict = field(default_factory=dict)
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family("llama", "LlamaForCausalLM", _TOP, _LAYER, permute_qk=True, head_dim=True),
+    "qwen2": Family("qwen2", "Qwen2ForCausalLM", _TOP, _LAYER),
+    "qwen3": Family(
+        "qwen3",
+        "Qwen3ForCausalLM",
+        _TOP,
+        _LAYER | {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"},
+        head_dim=True,
+    ),
+}
+
+
+def family_of(gguf: GGUFFile) -> Family:
+    """The family for this file's `general.architecture`; a GGUFError listing the supported ones."""
+    architecture = gguf.architecture
+    family = FAMILIES.get(architecture)
+    if family is None:
+        raise GGUFError(
+            f"GGUF file {gguf.path} holds a model of architecture {architecture!r}, which autolm cannot "
+            f"load from GGUF. Supported architectures: {', '.join(sorted(FAMILIES))}. Use the original "
+            "safetensors checkpoint of this model instead."
+        )
+    return family
+
+
+def config_from_gguf(path_or_reader: str | PathLike[str] | GGUFFile) -> dict:
+    """A transformers-style `config.json` dict rebuilt from a GGUF file's metadata.
+
+    Args:
+        path_or_reader: the `.gguf` file, or a `GGUFFile` from `read_gguf`.
+
+    Returns:
+        A dict with `model_type`, `architectures`, the shape keys (`hidden_size`, ...),
+        `rope_theta` / `rope_parameters`, `tie_word_embeddings`, the special token ids and `dtype`.
+
+    Raises:
+        GGUFError: an unsupported architecture, or required metadata missing.
+    """
+    gguf = read_gguf(path_or_reader)
+    family = family_of(gguf)
+    arch = gguf.architecture
+
+    def key(name: str, default=None, required: bool = False):
+        return gguf.require(f"{arch}.{name}") if required else gguf.get(f"{arch}.{name}", default)
+
+    hidden = key("embedding_length", required=True)
+    heads = key("attention.head_count", required=True)
+    config: dict = {
+        "model_type": family.model_type,
+        "architectures": [family.architecture],
+        "vocab_size": _vocab_size(gguf),
+        "hidden_size": hidden,
+        "intermediate_size": key("feed_forward_length", required=True),
+        "num_hidden_layers": key("block_count", required=True),
+        "num_attention_heads": heads,
+        "num_key_value_heads": key("attention.head_count_kv", heads),
+        "max_position_embeddings": key("context_length", 2048),
+        "rms_norm_eps": key("attention.layer_norm_rms_epsilon", 1e-6),
+        "hidden_act": "silu",
+    }
+    if family.head_dim:
+        # llama.cpp writes key_length only when it differs from hidden / heads; rope.dimension_count
+        # is the rotary width, which is the head size for these families
+        config["head_dim"] = key("attention.key_length") or key("rope.dimension_count") or hidden // heads
+    if family.model_type == "llama":
+        config["attention_bias"] = "blk.0.attn_q.bias" in gguf.tensors
+        config["mlp_bias"] = False
+
+    rope_theta = key("rope.freq_base")
+    if rope_theta is None:
+        rope_theta = 10000.0
+        logger.info("%s has no %s.rope.freq_base; using rope_theta=%s", gguf.path, arch, rope_theta)
+    config["rope_theta"] = rope_theta
+    rope_parameters: dict = {"rope_type": "default", "rope_theta": rope_theta}
+    scaling = _rope_scaling(gguf, arch)
+    if scaling is not None:
+        config["rope_scaling"] = scaling
+        rope_parameters |= scaling
+    config["rope_parameters"] = rope_parameters
+
+    # llama.cpp writes the output projection only when it is not the embedding matrix
+    config["tie_word_embeddings"] = "output.weight" not in gguf.tensors
+    for name, gguf_key in (
+        ("bos_token_id", "bos_token_id"),
+        ("eos_token_id", "eos_token_id"),
+        ("pad_token_id", "padding_token_id"),
+        ("unk_token_id", "unknown_token_id"),
+    ):
+        value = gguf.get(f"tokenizer.ggml.{gguf_key}")
+        if value is not None:
+            config[name] = value
+    dtype = _float_dtype(gguf)
+    config["torch_dtype"] = config["dtype"] = str(dtype).removeprefix("torch.")
+    return config | family.extra_config
+
+
+def _vocab_size(gguf: GGUFFile) -> int:
+    size = gguf.get(f"{gguf.architecture}.vocab_size")
+    if size is not None:
+        return size
+    embedding = gguf.tensors.get("token_embd.weight")
+    if embedding is not None:
+        return int(embedding.shape[-1])  # GGUF dims are reversed: (hidden, vocab)
+    tokens = gguf.get("tokenizer.ggml.tokens")
+    if tokens is not None:
+        return len(tokens)
+    raise GGUFError(
+        f"Cannot tell the vocabulary size of {gguf.path}: no {gguf.architecture}.vocab_size key, no "
+        "token_embd.weight tensor and no tokenizer.ggml.tokens. The file is incomplete; convert it again."
+    )
+
+
+def _rope_scaling(gguf: GGUFFile, arch: str) -> dict | None:
+    kind = gguf.get(f"{arch}.rope.scaling.type")
+    factor = gguf.get(f"{arch}.rope.scaling.factor")
+    if kind in (None, "none") or factor is None:
+        return None
+    scaling = {"rope_type": kind, "factor": factor}
+    original = gguf.get(f"{arch}.rope.scaling.original_context_length")
+    if original is not None:
+        scaling["original_max_position_embeddings"] = original
+    return scaling
+
+
+def _float_dtype(gguf: GGUFFile) -> torch.dtype:
+    """The dtype the weights were converted from: the one float type all matrices share, else float32."""
+    types = {tensor.tensor_type for tensor in gguf.tensors.values() if len(tensor.shape) >= 2}
+    if len(types) == 1 and (only := types.pop()) in FLOAT_TYPES:
+        return FLOAT_TYPES[only]
+    return torch.float32
+
+
+def hf_name(family: Family, gguf_name: str) -> str | None:
+    """The Hugging Face parameter name for a GGUF tensor name, or None when the table has none."""
+    stem, dot, suffix = gguf_name.rpartition(".")
+    if not dot or suffix not in ("weight", "bias"):
+        return None
+    if stem in family.top:
+        return f"{family.top[stem]}.{suffix}"
+    parts = stem.split(".")
+    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in family.layer:
+        return f"model.layers.{parts[1]}.{family.layer[parts[2]]}.{suffix}"
+    return None
+
+
+def unpermute_rows(rows: int, heads: int) -> np.ndarray:
+    """Source row of each Hugging Face row of a q/k projection that llama.cpp permuted.
+
+    llama.cpp stores each head's rows as (head_dim/2, 2) pairs where Hugging Face has (2, head_dim/2)
+    halves; Hugging Face row (head, half, i) is stored row (head, i, half).
+    """
+    return np.arange(rows).reshape(heads, rows // heads // 2, 2).transpose(0, 2, 1).reshape(-1)
+
+
+def iter_gguf_tensors(
+    path_or_reader: str | PathLike[str] | GGUFFile, dtype: torch.dtype = torch.float32
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield `(hf_name, tensor)` for every weight of a GGUF file, one tensor at a time.
+
+    Quantized tensors are dequantized to `dtype` as they are reached, so peak memory stays near the
+    dequantized model; float tensors already in `dtype` are views of the mapped file (no copy).
+
+    Args:
+        path_or_reader: the `.gguf` file, or a `GGUFFile` from `read_gguf`.
+        dtype: the dtype of every yielded tensor.
+
+    Raises:
+        GGUFError: an unsupported architecture or quant type, or a tensor the family table lacks.
+    """
+    gguf = read_gguf(path_or_reader)
+    family = family_of(gguf)
+    arch = gguf.architecture
+    heads = gguf.require(f"{arch}.attention.head_count")
+    kv_heads = gguf.get(f"{arch}.attention.head_count_kv", heads)
+    for name, tensor in gguf.tensors.items():
+        target = hf_name(family, name)
+        if target is None:
+            if name in _IGNORED:
+                logger.debug("skipping GGUF tensor %s of %s (no Hugging Face counterpart)", name, gguf.path)
+                continue
+            raise GGUFError(
+                f"GGUF file {gguf.path} holds tensor {name!r}, which autolm's {family.model_type} name "
+                f"table does not know. The file may be of a variant autolm does not support yet; "
+                "please report it with the file's origin."
+            )
+        shape = tuple(int(dim) for dim in reversed(tensor.shape.tolist()))
+        data = tensor.data
+        if family.permute_qk and (".attn_q." in name or ".attn_k." in name):
+            # rows hold whole blocks, so the stored (possibly quantized) rows are reordered before unpacking
+            data = data[unpermute_rows(shape[0], heads if ".attn_q." in name else kv_heads)]
+        yield target, dequantize(data, tensor.tensor_type, shape, dtype, name=name, where=str(gguf.path))
+
+
+__all__ = ["FAMILIES", "Family", "config_from_gguf", "hf_name", "iter_gguf_tensors"]
