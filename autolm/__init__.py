@@ -21,6 +21,12 @@ _EXPORTS = {
     "PreTrainedModel": "modeling_utils",
     "AutoTokenizer": "tokenization",
     "PreTrainedTokenizerFast": "tokenization",
+    "TextStreamer": "generation",
+    "TextIteratorStreamer": "generation",
+    "pipeline": "pipelines",
+    "chat": "conversation",
+    "DynamicCache": "kv_cache",
+    "StaticCache": "kv_cache",
 }
 
 

@@ -1,0 +1,233 @@
+"""The decoding loop: `prefill`, `decode_one_token`, and the generator `generate_tokens` that yields each step.
+
+`generate` collects the generator into a tensor; streamers, pipelines, `chat` and the CLI consume it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from ..configuration import GenerationConfig
+from ..kv_cache import DynamicCache, StaticCache
+from ..modeling_utils import ModelOutput
+from . import sampling
+from .settings import Plan, make_plan, merge_settings
+
+_compiled_decode = None
+
+
+def prefill(model, input_ids, attention_mask, position_ids, cache, cache_position=None) -> torch.Tensor:
+    """Run the prompt through the model, filling `cache`; return float32 logits (B, vocab) for the next token."""
+    out = model(
+        input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=cache is not None,
+        logits_to_keep=1,  # the lm_head runs on the last position only
+        cache_position=cache_position,
+    )
+    return out.logits[:, -1].float()
+
+
+def decode_one_token(model, token, position_ids, mask, cache, cache_position=None) -> torch.Tensor:
+    """One new token per row, (B,), through the cached model -> float32 logits (B, vocab)."""
+    out = model(
+        token[:, None],
+        attention_mask=mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=True,
+        cache_position=cache_position,
+    )
+    return out.logits[:, -1].float()
+
+
+def compiled_decode_one_token():
+    """`decode_one_token` under torch.compile (built on first use; shapes are static with a StaticCache)."""
+    global _compiled_decode
+    if _compiled_decode is None:
+        _compiled_decode = torch.compile(decode_one_token, dynamic=False)
+    return _compiled_decode
+
+
+def next_token_scores(logits: torch.Tensor, sequences: torch.Tensor, step: int, plan: Plan) -> torch.Tensor:
+    """Logits processors in transformers' order: repetition penalty, min tokens, then the sampling warpers."""
+    config = plan.config
+    if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
+        if plan.attention_mask is not None:  # padding is not a repetition: mark it out of vocabulary
+            padding = plan.attention_mask == 0
+            sequences = sequences.clone()
+            sequences[:, : padding.shape[1]].masked_fill_(padding, logits.shape[-1])
+        logits = sampling.repetition_penalty(logits, sequences, config.repetition_penalty)
+    if step < plan.min_new_tokens and plan.eos is not None:
+        logits = sampling.suppress(logits, plan.eos)
+    if config.do_sample:
+        logits = sampling.warp(logits, config)
+    return logits
+
+
+def generate_tokens(
+    model,
+    input_ids: torch.Tensor | list,
+    attention_mask: torch.Tensor | None = None,
+    generation_config: GenerationConfig | None = None,
+    tokenizer=None,
+    **kwargs,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row, a LongTensor (B * num_return_sequences,), one step at a time.
+
+    Rows that have finished (eos, a stop string) get `pad_token_id`. The generator ends when every row
+    has finished or `max_new_tokens` is reached. Takes the same settings as `generate`.
+
+    Raises:
+        GenerationError: bad settings or prompt (raised on the first `next()`).
+    """
+    config = merge_settings(model, generation_config, kwargs)
+    plan = make_plan(model, input_ids, attention_mask, config, tokenizer)
+    yield from run(model, plan)
+
+
+def _positions(mask: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
+    """Position ids (B, L): with padding, count real tokens only (left padding keeps rows aligned)."""
+    if mask is None:
+        return torch.arange(length, device=device).expand(batch, length)
+    positions = mask.long().cumsum(-1) - 1
+    return positions.masked_fill(mask == 0, 1)
+
+
+def run(model, plan: Plan, scores: list[torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
+    """The loop itself, for a plan from `make_plan`. Appends processed scores to `scores` when given."""
+    input_ids, mask = plan.input_ids, plan.attention_mask
+    B, P = input_ids.shape
+    total = P + plan.max_new_tokens
+    device = input_ids.device
+    # all ids so far (the repetition penalty and stop strings read them)
+    sequences = torch.empty(B, total, dtype=torch.long, device=device)
+    sequences[:, :P] = input_ids
+    positions = _positions(mask, B, P, device)
+    next_position = positions[:, -1:] + 1  # (B, 1)
+    unfinished = torch.ones(B, dtype=torch.bool, device=device)
+    pad = torch.tensor(plan.pad_token_id, device=device)
+
+    with torch.inference_mode():
+        if plan.static_cache:
+            cache_len = -(-total // 256) * 256  # rounded up, so nearby lengths share a compiled graph
+            cache = StaticCache(model.config, B, cache_len, device=device, dtype=model.dtype)
+            # (B, 1, 1, cache_len) True where a slot holds a real token; the loop marks each new slot
+            valid = torch.zeros(B, cache_len, dtype=torch.bool, device=device)
+            valid[:, :P] = True if mask is None else mask.bool()
+            step_mask = valid[:, None, None, :]
+            decode = compiled_decode_one_token() if plan.compile else decode_one_token
+            logits = prefill(model, input_ids, mask, positions, cache, torch.arange(P, device=device))
+        elif plan.config.use_cache:
+            cache = DynamicCache()
+            full_mask = None
+            if mask is not None:  # grows by one column of ones per step
+                full_mask = torch.ones(B, total, dtype=mask.dtype, device=device)
+                full_mask[:, :P] = mask
+            logits = prefill(model, input_ids, mask, positions, cache)
+        else:
+            logits = prefill(model, input_ids, mask, positions, None)
+
+        for step in range(plan.max_new_tokens):
+            length = P + step
+            step_scores = next_token_scores(logits, sequences[:, :length], step, plan)
+            if scores is not None:
+                scores.append(step_scores)
+            token = sampling.sample(step_scores, plan.config.do_sample)
+            token = torch.where(unfinished, token, pad)
+            sequences[:, length] = token
+            yield token
+
+            if plan.eos is not None:
+                unfinished &= ~torch.isin(token, plan.eos)
+            if plan.stop is not None:
+                unfinished &= ~plan.stop(sequences[:, : length + 1])
+            if step == plan.max_new_tokens - 1 or not bool(unfinished.any()):
+                return
+
+            if plan.static_cache:
+                valid[:, length] = True
+                slot = torch.tensor([length], device=device)
+                logits = decode(model, token, next_position, step_mask, cache, slot)
+            elif plan.config.use_cache:
+                step_mask_2d = full_mask[:, : length + 1] if full_mask is not None else None
+                logits = decode_one_token(model, token, next_position, step_mask_2d, cache)
+            else:  # no cache: run the whole sequence again
+                full = torch.ones(B, length + 1, dtype=torch.long, device=device)
+                if mask is not None:
+                    full[:, :P] = mask
+                logits = prefill(
+                    model,
+                    sequences[:, : length + 1],
+                    full if mask is not None else None,
+                    _positions(full if mask is not None else None, B, length + 1, device),
+                    None,
+                )
+            next_position = next_position + 1
+
+
+def generate(
+    model,
+    inputs: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    generation_config: GenerationConfig | None = None,
+    streamer=None,
+    tokenizer=None,
+    **kwargs,
+) -> torch.Tensor | ModelOutput:
+    """Generate continuations of a batch of prompts, as transformers' `model.generate`.
+
+    Args:
+        model: a causal LM (`AutoModelForCausalLM.from_pretrained(...)`).
+        inputs: prompt ids (B, P), left-padded for batches of different lengths (also `input_ids=`).
+        attention_mask: (B, P) 1 for tokens, 0 for padding; position ids follow from it.
+        generation_config: settings; defaults come from the model's generation_config.json.
+        streamer: an object with `put(ids)` and `end()`, e.g. `TextStreamer`; gets the prompt, then each token.
+        tokenizer: needed for `stop_strings`.
+        **kwargs: any generation setting (max_new_tokens, do_sample, temperature, top_k, top_p, min_p,
+            repetition_penalty, eos_token_id, pad_token_id, stop_strings, num_return_sequences, min_new_tokens,
+            max_length, use_cache, cache_implementation="static", compile=True, truncation=True, ...).
+
+    Returns:
+        LongTensor (B * num_return_sequences, P + new): prompts and new tokens; rows that finished early are
+        padded with pad_token_id (eos when there is no pad). With return_dict_in_generate=True, an output
+        with `.sequences` (and `.scores` when output_scores=True).
+
+    Raises:
+        GenerationError: unknown settings, an empty or too-long prompt, max_new_tokens <= 0, ...
+    """
+    if inputs is None:
+        inputs = kwargs.pop("input_ids", None)
+    if isinstance(inputs, dict):  # a BatchEncoding passed whole
+        attention_mask = inputs.get("attention_mask", attention_mask)
+        inputs = inputs["input_ids"]
+    try:
+        config = merge_settings(model, generation_config, kwargs)
+        plan = make_plan(model, inputs, attention_mask, config, tokenizer)
+        if streamer is not None:
+            streamer.put(plan.input_ids.cpu())
+        scores: list[torch.Tensor] | None = [] if config.output_scores else None
+        new = [token for token in _streamed(run(model, plan, scores), streamer)]
+        if streamer is not None:
+            streamer.end()
+    except Exception as exc:
+        # a consumer reading the streamer in another thread must not wait forever
+        report = getattr(streamer, "put_exception", None)
+        if report is not None:
+            report(exc)
+        raise
+    sequences = torch.cat([plan.input_ids, torch.stack(new, dim=1)], dim=1)
+    if config.return_dict_in_generate:
+        return ModelOutput(sequences=sequences, scores=tuple(scores) if scores is not None else None)
+    return sequences
+
+
+def _streamed(tokens: Iterator[torch.Tensor], streamer) -> Iterator[torch.Tensor]:
+    for token in tokens:
+        if streamer is not None:
+            streamer.put(token.cpu())
+        yield token
