@@ -83,6 +83,24 @@ def cmd_cache_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .cli_run import run_generate
+
+    return run_generate(args)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .cli_run import run_chat
+
+    return run_chat(args)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .cli_run import run_inspect
+
+    return run_inspect(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autolm", description="Load and run pretrained language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     rm.set_defaults(func=cmd_cache_rm)
     for q in (ls, verify, rm):
         q.add_argument("--cache-dir")
+
+    from .cli_run import add_run_commands  # parsers only: torch loads when a command runs
+
+    add_run_commands(sub, {"generate": cmd_generate, "chat": cmd_chat, "inspect": cmd_inspect})
     return parser
 
 
@@ -120,7 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (AutolmError, FileNotFoundError, ModuleNotFoundError) as e:
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (AutolmError, OSError, ValueError, ImportError) as e:
+        if getattr(args, "debug", False):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 1
 

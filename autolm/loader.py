@@ -106,10 +106,7 @@ def load_pretrained(
 
     target_dtype = dtype if dtype is not None else torch_dtype
     if state_dict is None and gguf_file is not None:
-        from .gguf import iter_gguf_tensors
-
-        gguf_dtype = resolve_dtype(target_dtype, config, None)
-        state_dict = dict(iter_gguf_tensors(repo.get(gguf_file), gguf_dtype))
+        state_dict = _load_gguf(repo.get(gguf_file), resolve_dtype(target_dtype, config, None))
     elif state_dict is None:
         if repo is None:
             raise ValueError("Pass a model name or path, or state_dict= together with config=.")
@@ -129,6 +126,29 @@ def load_pretrained(
         model.generation_config = GenerationConfig(**read_json(repo.get(GENERATION_CONFIG_NAME)))
     model.eval()
     return (model, info) if output_loading_info else model
+
+
+def _load_gguf(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every tensor of a GGUF file, dequantized to `dtype`, with a per-tensor progress bar (off when
+    stderr is not a terminal, or after `autolm.hub.disable_progress_bars()`)."""
+    from tqdm.auto import tqdm
+
+    from .gguf import iter_gguf_tensors, read_gguf
+    from .hub.progress import bars_disabled
+
+    gguf = read_gguf(path)
+    state: dict[str, torch.Tensor] = {}
+    with tqdm(
+        total=len(gguf.tensors),
+        desc=f"Loading {path.name}",
+        unit="tensor",
+        leave=False,
+        disable=bars_disabled(),
+    ) as bar:
+        for name, tensor in iter_gguf_tensors(gguf, dtype):
+            state[name] = tensor
+            bar.update()
+    return state
 
 
 @contextlib.contextmanager

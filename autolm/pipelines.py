@@ -32,7 +32,17 @@ _PIPELINE_ARGS = {
 
 
 def default_model(task: str) -> str:
+    """The model `pipeline(task)` loads when given none: `DEFAULT_MODELS[task]`, else, for
+    text-generation, the embedded SmolLM2 GGUF (see `autolm.defaults`)."""
     name = DEFAULT_MODELS.get(task)
+    if name is None and task == "text-generation":
+        from .defaults import DEFAULT_MODEL_DESCRIPTION, default_model_path
+
+        path = default_model_path()  # raises with the `pip install` line when the package is missing
+        logger.info(
+            "pipeline(%r) got no model; using the default %s (%s)", task, path, DEFAULT_MODEL_DESCRIPTION
+        )
+        return str(path)
     if name is None:
         raise GenerationError(
             f"pipeline({task!r}) got no model and no default model is set for this task. "
