@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from . import models
+from . import models, remote_code
 from .configuration import PretrainedConfig
 from .errors import UnsupportedModelError
 
@@ -30,6 +30,24 @@ def _supported() -> list[str]:
     return sorted(set(models.supported_model_types()) | set(_USER_CONFIGS))
 
 
+def _is_native(model_type: str | None) -> bool:
+    return bool(model_type) and (
+        models.canonical_model_type(model_type) is not None or model_type in _USER_CONFIGS
+    )
+
+
+def _remote_class(name, reference: str, remote: dict, hub_kwargs: dict, approved=None) -> type:
+    return remote_code.get_class(
+        name,
+        reference,
+        remote.get("trust_remote_code"),
+        lock_file=remote.get("lock_file"),
+        hub_kwargs=hub_kwargs,
+        code_revision=remote.get("code_revision"),
+        approved=approved,
+    )
+
+
 def config_class_for(model_type: str, source: str = "the config") -> type[PretrainedConfig]:
     if model_type in _USER_CONFIGS:
         return _USER_CONFIGS[model_type]
@@ -52,12 +70,31 @@ class AutoConfig:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> PretrainedConfig:
+        """Read config.json and build its class: autolm's for the `model_type`, or the repo's own code
+        (auto_map) with `trust_remote_code` (True, a pin, or a lock file entry; see `autolm.remote_code`)."""
+        from .hub import pop_hub_kwargs
+
         return_unused = kwargs.pop("return_unused_kwargs", False)
-        kwargs.pop("trust_remote_code", None)
-        config_dict, kwargs = PretrainedConfig.get_config_dict(pretrained_model_name_or_path, **kwargs)
-        config_class = config_class_for(
-            _model_type_of(config_dict), config_dict.get("_source_file", "config")
+        remote = remote_code.pop_remote_kwargs(kwargs)
+        hub_kwargs = pop_hub_kwargs(kwargs)
+        config_dict, kwargs = PretrainedConfig.get_config_dict(
+            pretrained_model_name_or_path, **hub_kwargs, **kwargs
         )
+        reference = remote_code.remote_reference(
+            config_dict.get("auto_map"),
+            "AutoConfig",
+            native=_is_native(config_dict.get("model_type")),
+            prefer_remote_code=remote.get("prefer_remote_code", False),
+            trust_remote_code=remote.get("trust_remote_code"),
+            source=config_dict.get("_source_file", ""),
+        )
+        if reference is not None:
+            config_class = _remote_class(pretrained_model_name_or_path, reference, remote, hub_kwargs)
+            config_dict.pop("_source_file", None)
+        else:
+            config_class = config_class_for(
+                _model_type_of(config_dict), config_dict.get("_source_file", "config")
+            )
         return config_class.from_dict(config_dict, return_unused_kwargs=return_unused, **kwargs)
 
     @classmethod
@@ -113,16 +150,33 @@ class _AutoModel:
 
         config = kwargs.pop("config", None)
         hub_kwargs = pop_hub_kwargs(kwargs)
+        remote = remote_code.pop_remote_kwargs(kwargs)
         load_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in LOADER_KWARGS}
-        if not isinstance(config, PretrainedConfig):
+        if config is None or isinstance(config, (str, os.PathLike)):
             config, kwargs = AutoConfig.from_pretrained(
                 config if config is not None else pretrained_model_name_or_path,
                 return_unused_kwargs=True,
                 gguf_file=load_kwargs.get("gguf_file"),
                 **hub_kwargs,
+                **remote,
                 **kwargs,
             )
-        model_class = cls.model_class_for(config)
+        reference = remote_code.remote_reference(
+            getattr(config, "auto_map", None),
+            cls.__name__,
+            native=isinstance(config, PretrainedConfig) and _is_native(config.model_type),
+            prefer_remote_code=remote.get("prefer_remote_code", False),
+            trust_remote_code=remote.get("trust_remote_code"),
+            source=str(pretrained_model_name_or_path),
+        )
+        if reference is not None:
+            # the config's code passed consent in this load: the same bundle is not asked about twice
+            approved = remote_code.origin(type(config))
+            model_class = _remote_class(
+                pretrained_model_name_or_path, reference, remote, hub_kwargs, approved
+            )
+        else:
+            model_class = cls.model_class_for(config)
         return load_pretrained(
             model_class,
             pretrained_model_name_or_path,

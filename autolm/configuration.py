@@ -191,6 +191,9 @@ class PretrainedConfig:
             raise ConfigError(f"{directory} is a file; save_pretrained needs a directory path.")
         directory.mkdir(parents=True, exist_ok=True)
         self.to_json_file(directory / CONFIG_NAME)
+        from .remote_code import save_code
+
+        save_code(self, directory, CONFIG_NAME)  # a class from a repo's code: its files come along
 
     # --- helpers --------------------------------------------------------------------------------
 

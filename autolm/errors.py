@@ -75,3 +75,11 @@ class GGUFError(AutolmError, ValueError):
 
 class RemoteCodeError(AutolmError, ValueError):
     """A repo holds custom code that may not run: no consent, a pin mismatch, missing packages."""
+
+
+class RemoteCodePinError(RemoteCodeError):
+    """The repo's custom code differs from the pin it must match (argument or autolm.lock)."""
+
+
+class RemoteCodeDependencyError(RemoteCodeError):
+    """The repo's custom code imports packages that are not installed."""

@@ -18,6 +18,7 @@ from torch import nn
 from .configuration import GENERATION_CONFIG_NAME, GenerationConfig, PretrainedConfig, read_json
 from .errors import CheckpointError
 from .hub import open_repo, pop_hub_kwargs
+from .modeling_utils import PreTrainedModel
 from .weights import checkpoint_files, load_checkpoint
 
 logger = logging.getLogger("autolm")
@@ -114,10 +115,12 @@ def load_pretrained(
     target_dtype = resolve_dtype(target_dtype, config, state_dict)
     device = resolve_device(device_map)
 
-    with torch.device("meta"), _skip_init():
+    with _empty_weights(cls), _skip_init():
         model = cls(config, *model_args)
     info = assign_weights(model, state_dict, target_dtype, device, ignore_mismatched_sizes, strict)
     del state_dict
+    if not isinstance(model, PreTrainedModel):
+        model.to(device)  # buffers another library's class computed in __init__
 
     config.dtype = str(target_dtype).removeprefix("torch.")
     config.name_or_path = str(pretrained_model_name_or_path or "")
@@ -126,6 +129,31 @@ def load_pretrained(
         model.generation_config = GenerationConfig(**read_json(repo.get(GENERATION_CONFIG_NAME)))
     model.eval()
     return (model, info) if output_loading_info else model
+
+
+def _empty_weights(cls):
+    """autolm's classes are built wholly on meta (their buffers are filled by `_init_buffers`). Another
+    library's class (remote code built on transformers) computes buffers such as RoPE tables in __init__;
+    only its parameters go to meta, and the buffers stay real."""
+    if issubclass(cls, PreTrainedModel):
+        return torch.device("meta")
+    return _parameters_on_meta()
+
+
+@contextlib.contextmanager
+def _parameters_on_meta():
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and not param.is_meta:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
 
 
 def _load_gguf(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -167,6 +195,12 @@ def _skip_init():
 
 
 def _load_config(cls, config, name, gguf_file, hub_kwargs, kwargs) -> tuple[PretrainedConfig, dict]:
+    if config is not None and not isinstance(config, (PretrainedConfig, str, os.PathLike)):
+        # another library's config (remote code built on transformers): used as given
+        unused = {k: v for k, v in kwargs.items() if not hasattr(config, k)}
+        for key in kwargs.keys() - unused.keys():
+            setattr(config, key, kwargs[key])
+        return config, unused
     if isinstance(config, PretrainedConfig):
         config = type(config).from_dict(
             config.to_dict() | {"_attn_implementation": config._attn_implementation}
@@ -250,7 +284,7 @@ def assign_weights(
     strict: bool = False,
 ) -> dict[str, list]:
     """Put checkpoint tensors into a meta-built model; initialise and report what the checkpoint lacks."""
-    tied = model.tied_keys() if hasattr(model, "tied_keys") else set()
+    tied = model.tied_keys() if hasattr(model, "tied_keys") else _aliases(model)
     targets = dict(model.named_parameters(remove_duplicate=False))
     targets.update((n, b) for n, b in model.named_buffers() if _is_persistent(model, n))
     expected = set(targets) - tied
@@ -308,6 +342,19 @@ def assign_weights(
         "mismatched_keys": [(k, a, b) for k, a, b in mismatched],
         "error_msgs": [],
     }
+
+
+def _aliases(model: nn.Module) -> set[str]:
+    """Weights that are the same tensor as another (tied in __init__), or declared tied, in another
+    library's model: {target} of transformers' `all_tied_weights_keys`, plus any repeated parameter."""
+    declared = set(getattr(model, "all_tied_weights_keys", None) or ())
+    seen: set[int] = set()
+    repeated = set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            repeated.add(name)
+        seen.add(id(param))
+    return declared | repeated
 
 
 def _is_persistent(model: nn.Module, name: str) -> bool:

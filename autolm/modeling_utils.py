@@ -195,6 +195,9 @@ class PreTrainedModel(nn.Module):
         save_state_dict(
             state_dict, directory, max_shard_size=max_shard_size, safe_serialization=safe_serialization
         )
+        from .remote_code import save_code
+
+        save_code(self, directory, "config.json")  # a class from a repo's code: its files come along
 
     def generate(self, *args, **kwargs):
         from .generation import generate

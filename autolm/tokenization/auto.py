@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .. import remote_code
 from ..errors import TokenizerError
 from ..hub import Repo, open_repo, pop_hub_kwargs
 from . import converters
@@ -67,33 +68,80 @@ class AutoTokenizer:
         Raises:
             TokenizerError: no tokenizer files, or malformed ones.
         """
-        for ignored in ("use_fast", "trust_remote_code", "_from_auto", "tokenizer_type"):
-            kwargs.pop(ignored, None)  # autolm has only the fast path and never runs repo code
-        hub_kwargs = pop_hub_kwargs(kwargs)
-        gguf_file = kwargs.pop("gguf_file", None)
-        if gguf_file is not None or str(pretrained_model_name_or_path).endswith(".gguf"):
-            return _from_gguf(pretrained_model_name_or_path, gguf_file, hub_kwargs)
+        remote = remote_code.pop_remote_kwargs(kwargs)
+        gguf = kwargs.get("gguf_file") is not None or str(pretrained_model_name_or_path).endswith(".gguf")
+        if not gguf:
+            hub_kwargs = pop_hub_kwargs(kwargs)
+            reference = _remote_reference(open_repo(pretrained_model_name_or_path, **hub_kwargs), remote)
+            if reference is not None:
+                tokenizer_class = remote_code.get_class(
+                    pretrained_model_name_or_path,
+                    reference,
+                    remote.get("trust_remote_code"),
+                    lock_file=remote.get("lock_file"),
+                    hub_kwargs=hub_kwargs,
+                    code_revision=remote.get("code_revision"),
+                )
+                return tokenizer_class.from_pretrained(
+                    pretrained_model_name_or_path, *inputs, **hub_kwargs, **kwargs
+                )
+            kwargs.update(hub_kwargs)
+        return load_tokenizer(PreTrainedTokenizerFast, pretrained_model_name_or_path, *inputs, **kwargs)
 
-        repo = open_repo(pretrained_model_name_or_path, **hub_kwargs)
-        config = read_tokenizer_config(repo)
-        config["name_or_path"] = str(pretrained_model_name_or_path)
-        class_name = str(config.get("tokenizer_class") or "PreTrainedTokenizerFast").removesuffix("Fast")
-        defaults, recipe = TOKENIZER_CLASSES.get(class_name, ({}, "auto"))
-        if class_name not in TOKENIZER_CLASSES:
-            logger.debug("tokenizer_class %s has no recipe here; building from the files present", class_name)
 
-        tokenizer_json = repo.get_optional(TOKENIZER_FILE)
-        if tokenizer_json is not None:
-            # tokenizer.json's post-processor already says whether bos/eos are added (transformers does the same)
-            config.pop("add_bos_token", None)
-            config.pop("add_eos_token", None)
-        init = {**defaults, **config, **kwargs}
-        if tokenizer_json is not None:
-            return PreTrainedTokenizerFast(tokenizer_file=tokenizer_json, **init)
-        backend, extra_added = _build_backend(repo, recipe, init)
-        if extra_added:
-            backend.add_tokens(extra_added)
-        return PreTrainedTokenizerFast(tokenizer_object=backend, **init)
+def _remote_reference(repo: Repo, remote: dict) -> str | None:
+    """The repo's own tokenizer class (auto_map), when its tokenizer_class is not one autolm knows."""
+    path = repo.get_optional(TOKENIZER_CONFIG_FILE)
+    config = _read_json(path) if path is not None else {}
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if not auto_map:
+        model_config = repo.get_optional("config.json")
+        auto_map = (_read_json(model_config) if model_config is not None else {}).get("auto_map")
+    class_name = str(config.get("tokenizer_class") or "") if isinstance(config, dict) else ""
+    return remote_code.remote_reference(
+        auto_map,
+        "AutoTokenizer",
+        native=class_name.removesuffix("Fast") in TOKENIZER_CLASSES,
+        prefer_remote_code=remote.get("prefer_remote_code", False),
+        trust_remote_code=remote.get("trust_remote_code"),
+        source=str(path or repo.name),
+    )
+
+
+def load_tokenizer(
+    cls: type[PreTrainedTokenizerFast],
+    pretrained_model_name_or_path: str | os.PathLike,
+    *inputs: Any,
+    **kwargs: Any,
+) -> PreTrainedTokenizerFast:
+    """Build `cls` (PreTrainedTokenizerFast or a subclass) from a repo's tokenizer files; runs no repo code."""
+    for ignored in ("use_fast", "_from_auto", "tokenizer_type", *remote_code.REMOTE_KWARGS):
+        kwargs.pop(ignored, None)  # autolm has only the fast path
+    hub_kwargs = pop_hub_kwargs(kwargs)
+    gguf_file = kwargs.pop("gguf_file", None)
+    if gguf_file is not None or str(pretrained_model_name_or_path).endswith(".gguf"):
+        return _from_gguf(pretrained_model_name_or_path, gguf_file, hub_kwargs)
+
+    repo = open_repo(pretrained_model_name_or_path, **hub_kwargs)
+    config = read_tokenizer_config(repo)
+    config["name_or_path"] = str(pretrained_model_name_or_path)
+    class_name = str(config.get("tokenizer_class") or "PreTrainedTokenizerFast").removesuffix("Fast")
+    defaults, recipe = TOKENIZER_CLASSES.get(class_name, ({}, "auto"))
+    if class_name not in TOKENIZER_CLASSES:
+        logger.debug("tokenizer_class %s has no recipe here; building from the files present", class_name)
+
+    tokenizer_json = repo.get_optional(TOKENIZER_FILE)
+    if tokenizer_json is not None:
+        # tokenizer.json's post-processor already says whether bos/eos are added (transformers does the same)
+        config.pop("add_bos_token", None)
+        config.pop("add_eos_token", None)
+    init = {**defaults, **config, **kwargs}
+    if tokenizer_json is not None:
+        return cls(tokenizer_file=tokenizer_json, **init)
+    backend, extra_added = _build_backend(repo, recipe, init)
+    if extra_added:
+        backend.add_tokens(extra_added)
+    return cls(tokenizer_object=backend, **init)
 
 
 def _from_gguf(
@@ -126,7 +174,7 @@ def read_tokenizer_config(repo: Repo) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise TokenizerError(f"{path} holds a {type(config).__name__}; expected a JSON object of settings.")
     config.pop("init_inputs", None)
-    config.pop("auto_map", None)  # custom tokenizer code is never run
+    config.pop("auto_map", None)  # custom code is AutoTokenizer's business (autolm.remote_code)
 
     if "added_tokens_decoder" not in config:
         # Older layout: special tokens in special_tokens_map.json, added tokens in added_tokens.json

@@ -764,13 +764,16 @@ class PreTrainedTokenizerFast:
             )
         _write_json(out / TOKENIZER_CONFIG_FILE, config)
         _write_json(out / SPECIAL_TOKENS_MAP_FILE, self.special_tokens_map)
+        from ..remote_code import save_code
+
+        save_code(self, out, TOKENIZER_CONFIG_FILE)  # a class from a repo's code: its files come along
         return tuple(str(out / f) for f in (TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, TOKENIZER_FILE))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs):
-        from .auto import AutoTokenizer
+        from .auto import load_tokenizer
 
-        return AutoTokenizer.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        return load_tokenizer(cls, pretrained_model_name_or_path, *args, **kwargs)
 
     def __repr__(self) -> str:
         return (
