@@ -36,7 +36,9 @@ def _is_native(model_type: str | None) -> bool:
     )
 
 
-def _remote_class(name, reference: str, remote: dict, hub_kwargs: dict, approved=None) -> type:
+def _remote_class(
+    name, reference: str, remote: dict, hub_kwargs: dict, auto_class: str, approved=None
+) -> type:
     return remote_code.get_class(
         name,
         reference,
@@ -45,6 +47,7 @@ def _remote_class(name, reference: str, remote: dict, hub_kwargs: dict, approved
         hub_kwargs=hub_kwargs,
         code_revision=remote.get("code_revision"),
         approved=approved,
+        auto_class=auto_class,
     )
 
 
@@ -89,7 +92,9 @@ class AutoConfig:
             source=config_dict.get("_source_file", ""),
         )
         if reference is not None:
-            config_class = _remote_class(pretrained_model_name_or_path, reference, remote, hub_kwargs)
+            config_class = _remote_class(
+                pretrained_model_name_or_path, reference, remote, hub_kwargs, "AutoConfig"
+            )
             config_dict.pop("_source_file", None)
         else:
             config_class = config_class_for(
@@ -173,7 +178,7 @@ class _AutoModel:
             # the config's code passed consent in this load: the same bundle is not asked about twice
             approved = remote_code.origin(type(config))
             model_class = _remote_class(
-                pretrained_model_name_or_path, reference, remote, hub_kwargs, approved
+                pretrained_model_name_or_path, reference, remote, hub_kwargs, cls.__name__, approved
             )
         else:
             model_class = cls.model_class_for(config)

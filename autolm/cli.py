@@ -101,6 +101,45 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return run_inspect(args)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .remote_code import export
+
+    manifest = export(
+        args.model,
+        args.directory,
+        revision=args.revision,
+        hub=args.hub,
+        cache_dir=args.cache_dir,
+        token=args.token,
+    )
+    files = manifest["files"]
+    print(
+        f"Exported {args.model}@{manifest['revision'] or 'local'} to {args.directory}: {len(files)} files, "
+        f"{_size(sum(f['size'] for f in files.values()))}."
+    )
+    if manifest["code_pin"]:
+        code = sorted(f for f in files if f.endswith(".py"))
+        print(f"Custom code: {', '.join(code)}")
+        print(f"Code pin: {manifest['code_pin']}")
+        print(
+            f'Load it with trust_remote_code="{manifest["code_pin"]}" (works offline, local_files_only=True).'
+        )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .remote_code import verify
+
+    problems = verify(args.directory)
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"{len(problems)} difference(s) from the MANIFEST of {args.directory}.", file=sys.stderr)
+        return 1
+    print(f"{args.directory} matches its MANIFEST.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autolm", description="Load and run pretrained language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +153,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token")
     p.add_argument("--force-download", action="store_true")
     p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser(
+        "export",
+        help="copy a model with its tokenizer and custom code into DIR, with a MANIFEST (offline bundle)",
+    )
+    p.add_argument("model")
+    p.add_argument("directory", metavar="DIR")
+    p.add_argument("--revision")
+    p.add_argument("--hub", choices=["huggingface", "modelscope"])
+    p.add_argument("--cache-dir")
+    p.add_argument("--token")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "verify", help="check an exported directory against its MANIFEST; exit 1 on any difference"
+    )
+    p.add_argument("directory", metavar="DIR")
+    p.set_defaults(func=cmd_verify)
 
     c = sub.add_parser("cache", help="inspect and clean the model cache").add_subparsers(
         dest="cache_command", required=True

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 VOCAB = ["[UNK]", "hello", "world", "custom", "code", "runs"] + [f"t{i}" for i in range(26)]
 HIDDEN = 16
+CODE_FILES = ("configuration_x.py", "helpers.py", "modeling_x.py", "tokenization_x.py")
 
 SENTINEL = """
 import os as _os

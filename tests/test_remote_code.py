@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 from hubserver import commit_files, make_repo, serve_repos
-from remote_repos import code_files, custom_files, expected_logits, transformers_files, weights, write
+from remote_repos import (
+    CODE_FILES,
+    code_files,
+    custom_files,
+    expected_logits,
+    transformers_files,
+    weights,
+    write,
+)
 
 from autolm import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 from autolm.errors import RemoteCodeDependencyError, RemoteCodeError, RemoteCodePinError
@@ -22,7 +30,6 @@ from autolm.hub import clear_resolved, open_repo
 from autolm.remote_code import bundle_hash, describe_remote_code, find_bundle
 
 IDS = torch.tensor([[1, 2, 3, 4, 5]])
-CODE = ("configuration_x.py", "helpers.py", "modeling_x.py", "tokenization_x.py")
 
 
 @pytest.fixture(autouse=True)
@@ -157,6 +164,16 @@ def test_transformers_based_code_matches_transformers(env, monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(model(IDS).logits, reference(IDS).logits)
 
+    # transformers' own save_pretrained carries the code too
+    model.save_pretrained(env / "saved")
+    assert json.loads((env / "saved" / "config.json").read_text())["auto_map"] == {
+        "AutoConfig": "configuration_tx.TxConfig",
+        "AutoModelForCausalLM": "modeling_tx.TxForCausalLM",
+    }
+    again = AutoModelForCausalLM.from_pretrained(env / "saved", trust_remote_code=True)
+    with torch.no_grad():
+        torch.testing.assert_close(again(IDS).logits, reference(IDS).logits)
+
 
 PROMPT_SCRIPT = """
 import sys
@@ -251,7 +268,7 @@ def test_hub_code_from_another_repo_saved_for_offline_use(hub, hub_env):
     assert json.loads((out / "tokenizer_config.json").read_text())["auto_map"]["AutoTokenizer"][1] == (
         "tokenization_x.XTokenizerFast"
     )
-    assert all((out / name).is_file() for name in CODE)
+    assert all((out / name).is_file() for name in CODE_FILES)
 
     with hub.down():
         os.environ["HF_HUB_OFFLINE"] = "1"

@@ -7,6 +7,7 @@ as a bare `modeling_x`, and no built-in autolm class is ever replaced.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -93,6 +94,7 @@ def get_class(
     hub_kwargs: dict | None = None,
     code_revision: str | None = None,
     approved: CodeBundle | None = None,
+    auto_class: str | None = None,
 ) -> type:
     """Fetch, check and import the class an auto_map `reference` names in the repo `name_or_path`.
 
@@ -121,7 +123,12 @@ def get_class(
             f"The custom code of {bundle.repo_id} ({', '.join(needed)}) imports packages that are not "
             f"installed: {', '.join(missing)}. Nothing was run. Install them: pip install {' '.join(pip_names(missing))}"
         )
-    return import_class(bundle, module, class_name)
+    cls = import_class(bundle, module, class_name)
+    if auto_class and hasattr(cls, "register_for_auto_class"):
+        # a transformers-based class: its own save_pretrained then copies the code and writes auto_map
+        with contextlib.suppress(Exception):
+            cls.register_for_auto_class(auto_class)
+    return cls
 
 
 def import_class(bundle: CodeBundle, module: str, class_name: str) -> type:

@@ -81,6 +81,7 @@ class AutoTokenizer:
                     lock_file=remote.get("lock_file"),
                     hub_kwargs=hub_kwargs,
                     code_revision=remote.get("code_revision"),
+                    auto_class="AutoTokenizer",
                 )
                 return tokenizer_class.from_pretrained(
                     pretrained_model_name_or_path, *inputs, **hub_kwargs, **kwargs
