@@ -125,15 +125,26 @@ def module_file(module: str) -> str:
 
 
 def _relative_imports(tree: ast.Module, path: str) -> list[tuple[str, int]]:
-    """(dotted target, level) of every `from .x import y` in the file, relative to the repo root."""
+    """(dotted target, line) of every `from .x import y` in the file, relative to the repo root.
+
+    The line is negative where the target may legitimately be absent: `from . import name` (name may be
+    an attribute of the package) and imports inside `try:` (optional code paths)."""
     package = path.split("/")[:-1]
+    optional = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Try)
+        for stmt in node.body
+        for inner in ast.walk(stmt)
+    }
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level:
             base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+            sign = -1 if id(node) in optional else 1
             if node.module:
-                out.append((".".join([*base, node.module]), node.lineno))
-            else:  # `from . import helpers`: each name may be a sibling module
+                out.append((".".join([*base, node.module]), sign * node.lineno))
+            else:
                 out.extend((".".join([*base, alias.name]), -node.lineno) for alias in node.names)
     return out
 
@@ -165,7 +176,7 @@ def collect(repo: Repo, modules: list[str], auto_map: dict[str, dict] | None = N
                     f"no {name}. Check the auto_map entry, or the revision."
                 )
             elif importer[1] < 0:
-                continue  # `from . import name` of something that is not a module file (an attribute)
+                continue  # an attribute of the package, or an optional import that is absent
             else:
                 raise RemoteCodeError(
                     f"{importer[0]} imports .{name.removesuffix('.py').replace('/', '.')} "

@@ -62,6 +62,8 @@ def read_lock(path: Path) -> dict[str, Pin]:
         raise RemoteCodeError(
             f"{path} is neither valid JSON nor valid TOML ({e}). Fix the lock file."
         ) from None
+    if not isinstance(data, dict):
+        raise RemoteCodeError(f"{path} must map repo ids to pins; found a {type(data).__name__}.")
     pins: dict[str, Pin] = {}
     for repo_id, entry in data.items():
         if isinstance(entry, str):
