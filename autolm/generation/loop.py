@@ -13,6 +13,7 @@ from ..configuration import GenerationConfig
 from ..kv_cache import DynamicCache, StaticCache
 from ..modeling_utils import ModelOutput
 from . import sampling
+from .layout import use_fast_layout
 from .settings import Plan, make_plan, merge_settings
 
 _compiled_decode = None
@@ -112,6 +113,7 @@ def run(model, plan: Plan, scores: list[torch.Tensor] | None = None) -> Iterator
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
     pad = torch.tensor(plan.pad_token_id, device=device)
 
+    use_fast_layout(model)
     with torch.inference_mode():
         if plan.static_cache:
             cache_len = -(-total // 256) * 256  # rounded up, so nearby lengths share a compiled graph
