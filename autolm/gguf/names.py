@@ -246,7 +246,10 @@ def iter_gguf_tensors(
         if family.permute_qk and (".attn_q." in name or ".attn_k." in name):
             # rows hold whole blocks, so the stored (possibly quantized) rows are reordered before unpacking
             data = data[unpermute_rows(shape[0], heads if ".attn_q." in name else kv_heads)]
-        yield target, dequantize(data, tensor.tensor_type, shape, dtype, name=name, where=str(gguf.path))
+        value = dequantize(data, tensor.tensor_type, shape, dtype, name=name, where=str(gguf.path))
+        if tensor.tensor_type not in FLOAT_TYPES:
+            tensor.release()  # the dequantized copy is all that is needed now
+        yield target, value
 
 
 __all__ = ["FAMILIES", "Family", "config_from_gguf", "hf_name", "iter_gguf_tensors"]

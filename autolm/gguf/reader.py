@@ -150,6 +150,20 @@ class GGUFTensor:
     def __repr__(self) -> str:
         return f"GGUFTensor({self.name!r}, {self.tensor_type.name}, shape={self.shape.tolist()})"
 
+    def release(self) -> None:
+        """Let the OS drop this tensor's pages from memory (they are re-read from the file if used
+        again). Called once a tensor is dequantized, so a load's peak memory holds no second copy
+        of the file."""
+        advise = getattr(self._buffer, "madvise", None)
+        if advise is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        # whole pages inside this tensor only: a neighbour's bytes (maybe a view in use) stay put
+        page = mmap.PAGESIZE
+        start = -(-self.data_offset // page) * page
+        end = (self.data_offset + self.n_bytes) // page * page
+        if end > start:
+            advise(mmap.MADV_DONTNEED, start, end - start)
+
     @property
     def data(self) -> np.ndarray:
         dims = tuple(int(d) for d in reversed(self.shape.tolist()))

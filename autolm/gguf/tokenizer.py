@@ -86,7 +86,7 @@ def _byte_level_backend(tokens: list[str], merges: list[str], pre: str | None) -
     vocab: dict[str, int] = {}
     for index, token in enumerate(tokens):
         # a token spelled with raw text (not the byte alphabet) is re-spelled so BPE can reach it
-        if not set(token) <= letters:
+        if not letters.issuperset(token):
             token = "".join(alphabet[byte] for byte in token.encode("utf-8"))
         vocab[token] = index
     pairs = [tuple(merge.split(" ", 1)) for merge in merges]
@@ -187,7 +187,7 @@ def gguf_tokenizer_parts(path_or_reader: str | PathLike[str] | GGUFFile) -> tupl
         )
         letters = set(_byte_alphabet().values())
         # a control token outside the byte alphabet is a converter mislabel: adding it would grow the vocabulary
-        control = [t for t, kind_ in zip(tokens, token_types) if kind_ == CONTROL and set(t) <= letters]
+        control = [t for t, kind_ in zip(tokens, token_types) if kind_ == CONTROL and letters.issuperset(t)]
         add_bos_default = False
     elif kind == "llama":
         backend = _sentencepiece_backend(
@@ -206,14 +206,20 @@ def gguf_tokenizer_parts(path_or_reader: str | PathLike[str] | GGUFFile) -> tupl
     for name, key in _SPECIAL_IDS.items():
         index = gguf.get(key)
         kwargs[name] = tokens[index] if index is not None and 0 <= index < len(tokens) else None
-    vocab = backend.get_vocab()
+    model = backend.model  # membership in the vocabulary itself (get_vocab would copy it into a dict)
     # the named special tokens (e.g. an "unknown"-typed <unk>) are matched whole too
-    named = [t for t in kwargs.values() if t is not None and t in vocab and t not in control]
+    named = [
+        t for t in kwargs.values() if t is not None and model.token_to_id(t) is not None and t not in control
+    ]
     special = control + list(dict.fromkeys(named))
     if special:
         backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in special])
     # user-defined tokens (e.g. "<think>") are matched whole in text, but are not special
-    user = [t for t, kind_ in zip(tokens, token_types) if kind_ == USER_DEFINED and t in vocab]
+    user = [
+        t
+        for t, kind_ in zip(tokens, token_types)
+        if kind_ == USER_DEFINED and model.token_to_id(t) is not None
+    ]
     if user:
         backend.add_tokens([AddedToken(t, normalized=False, special=False) for t in user])
 
