@@ -99,77 +99,99 @@ def _positions(mask: torch.Tensor | None, batch: int, length: int, device) -> to
     return positions.masked_fill(mask == 0, 1)
 
 
-def run(model, plan: Plan, scores: list[torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
-    """The loop itself, for a plan from `make_plan`. Appends processed scores to `scores` when given."""
-    input_ids, mask = plan.input_ids, plan.attention_mask
-    B, P = input_ids.shape
-    total = P + plan.max_new_tokens
-    device = input_ids.device
-    # all ids so far (the repetition penalty and stop strings read them)
-    sequences = torch.empty(B, total, dtype=torch.long, device=device)
-    sequences[:, :P] = input_ids
-    positions = _positions(mask, B, P, device)
-    next_position = positions[:, -1:] + 1  # (B, 1)
-    unfinished = torch.ones(B, dtype=torch.bool, device=device)
-    pad = torch.tensor(plan.pad_token_id, device=device)
+class _Decoder:
+    """The state of one decoding run: the cache, the ids so far, which rows are still going."""
 
-    use_fast_layout(model)
-    with torch.inference_mode():
+    def __init__(self, model, plan: Plan):
+        self.model, self.plan = model, plan
+        input_ids, mask = plan.input_ids, plan.attention_mask
+        B, P = input_ids.shape
+        self.prompt_len = P
+        total = P + plan.max_new_tokens
+        device = self.device = input_ids.device
+        # all ids so far (the repetition penalty and stop strings read them)
+        self.sequences = torch.empty(B, total, dtype=torch.long, device=device)
+        self.sequences[:, :P] = input_ids
+        positions = _positions(mask, B, P, device)
+        self.next_position = positions[:, -1:] + 1  # (B, 1)
+        self.unfinished = torch.ones(B, dtype=torch.bool, device=device)
+        self.pad = torch.tensor(plan.pad_token_id, device=device)
+        self.cache = None
         if plan.static_cache:
             cache_len = -(-total // 256) * 256  # rounded up, so nearby lengths share a compiled graph
-            cache = StaticCache(model.config, B, cache_len, device=device, dtype=model.dtype)
-            # (B, 1, 1, cache_len) True where a slot holds a real token; the loop marks each new slot
-            valid = torch.zeros(B, cache_len, dtype=torch.bool, device=device)
-            valid[:, :P] = True if mask is None else mask.bool()
-            step_mask = valid[:, None, None, :]
-            decode = compiled_decode_one_token() if plan.compile else decode_one_token
-            logits = prefill(model, input_ids, mask, positions, cache, torch.arange(P, device=device))
-        elif plan.config.use_cache:
-            cache = DynamicCache()
-            full_mask = None
-            if mask is not None:  # grows by one column of ones per step
-                full_mask = torch.ones(B, total, dtype=mask.dtype, device=device)
-                full_mask[:, :P] = mask
-            logits = prefill(model, input_ids, mask, positions, cache)
-        else:
-            logits = prefill(model, input_ids, mask, positions, None)
+            self.cache = StaticCache(model.config, B, cache_len, device=device, dtype=model.dtype)
+            # (B, 1, 1, cache_len) True where a slot holds a real token; each step marks its slot
+            self.valid = torch.zeros(B, cache_len, dtype=torch.bool, device=device)
+            self.valid[:, :P] = True if mask is None else mask.bool()
+            self.step_mask = self.valid[:, None, None, :]
+            self.decode = compiled_decode_one_token() if plan.compile else decode_one_token
+            self.logits = prefill(
+                model, input_ids, mask, positions, self.cache, torch.arange(P, device=device)
+            )
+            return
+        self.full_mask = None
+        if mask is not None:  # the padding mask, grown by a column of ones per step
+            self.full_mask = torch.ones(B, total, dtype=mask.dtype, device=device)
+            self.full_mask[:, :P] = mask
+        if plan.config.use_cache:
+            self.cache = DynamicCache()
+        self.logits = prefill(model, input_ids, mask, positions, self.cache)
 
-        for step in range(plan.max_new_tokens):
-            length = P + step
-            step_scores = next_token_scores(logits, sequences[:, :length], step, plan)
-            if scores is not None:
-                scores.append(step_scores)
-            token = sampling.sample(step_scores, plan.config.do_sample)
-            token = torch.where(unfinished, token, pad)
-            sequences[:, length] = token
-            yield token
+    def choose(self, step: int, scores: list[torch.Tensor] | None) -> torch.Tensor:
+        """The next token of every row (pad for finished rows), recorded in `sequences`."""
+        length = self.prompt_len + step
+        step_scores = next_token_scores(self.logits, self.sequences[:, :length], step, self.plan)
+        if scores is not None:
+            scores.append(step_scores)
+        token = sampling.sample(step_scores, self.plan.config.do_sample)
+        token = torch.where(self.unfinished, token, self.pad)
+        self.sequences[:, length] = token
+        return token
 
-            if plan.eos is not None:
-                unfinished &= ~torch.isin(token, plan.eos)
-            if plan.stop is not None:
-                unfinished &= ~plan.stop(sequences[:, : length + 1])
-            if step == plan.max_new_tokens - 1 or not bool(unfinished.any()):
+    def finished(self, token: torch.Tensor, step: int) -> bool:
+        plan = self.plan
+        if plan.eos is not None:
+            self.unfinished &= ~torch.isin(token, plan.eos)
+        if plan.stop is not None:
+            self.unfinished &= ~plan.stop(self.sequences[:, : self.prompt_len + step + 1])
+        return step == plan.max_new_tokens - 1 or not bool(self.unfinished.any())
+
+    def advance(self, token: torch.Tensor, step: int) -> None:
+        """Run the model on the chosen token, leaving the logits for the next step."""
+        length = self.prompt_len + step  # the slot the token goes into
+        model, cache = self.model, self.cache
+        if self.plan.static_cache:
+            self.valid[:, length] = True
+            # set before the call too, so a compiled step always finds a (1,) tensor there
+            cache.cache_position = slot = torch.tensor([length], device=self.device)
+            self.logits = self.decode(model, token, self.next_position, self.step_mask, cache, slot)
+        elif cache is not None:
+            mask = self.full_mask[:, : length + 1] if self.full_mask is not None else None
+            self.logits = decode_one_token(model, token, self.next_position, mask, cache)
+        else:  # no cache: run the whole sequence again
+            mask = self.full_mask[:, : length + 1] if self.full_mask is not None else None
+            B = token.shape[0]
+            positions = _positions(mask, B, length + 1, self.device)
+            self.logits = prefill(model, self.sequences[:, : length + 1], mask, positions, None)
+        self.next_position = self.next_position + 1
+
+
+def run(model, plan: Plan, scores: list[torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
+    """The loop itself, for a plan from `make_plan`. Appends processed scores to `scores` when given.
+
+    Inference mode is entered around each step only, so the caller's code between steps runs normally.
+    """
+    use_fast_layout(model, compiled=plan.compile)
+    with torch.inference_mode():
+        decoder = _Decoder(model, plan)
+    for step in range(plan.max_new_tokens):
+        with torch.inference_mode():
+            token = decoder.choose(step, scores)
+        yield token
+        with torch.inference_mode():
+            if decoder.finished(token, step):
                 return
-
-            if plan.static_cache:
-                valid[:, length] = True
-                slot = torch.tensor([length], device=device)
-                logits = decode(model, token, next_position, step_mask, cache, slot)
-            elif plan.config.use_cache:
-                step_mask_2d = full_mask[:, : length + 1] if full_mask is not None else None
-                logits = decode_one_token(model, token, next_position, step_mask_2d, cache)
-            else:  # no cache: run the whole sequence again
-                full = torch.ones(B, length + 1, dtype=torch.long, device=device)
-                if mask is not None:
-                    full[:, :P] = mask
-                logits = prefill(
-                    model,
-                    sequences[:, : length + 1],
-                    full if mask is not None else None,
-                    _positions(full if mask is not None else None, B, length + 1, device),
-                    None,
-                )
-            next_position = next_position + 1
+            decoder.advance(token, step)
 
 
 def generate(
