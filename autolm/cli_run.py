@@ -1,8 +1,12 @@
 """The model-running commands of `autolm`: `generate`, `chat` and `inspect`.
 
-`cli.py` registers them (`add_run_commands`) and its thin `cmd_*` functions call `run_*` here. Every command that takes
-a model falls back to the embedded default (SmolLM2-135M-Instruct GGUF) and says so on stderr. Text goes
-to stdout as it is generated; timings, the model in use and progress bars go to stderr.
+`cli.py` registers them (`add_run_commands`); its thin `cmd_*` functions call the `run_*` ones here.
+Every command that takes a model falls back to the embedded default (SmolLM2-135M-Instruct GGUF) and
+says so on stderr. Text goes to stdout as it is generated; timings, the model in use and progress bars
+go to stderr.
+
+`chat`: an interrupted reply (Ctrl-C) is dropped together with the message that asked for it, so the
+history only ever holds complete turns.
 """
 
 from __future__ import annotations
@@ -303,7 +307,11 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     name = resolve_model(args)
     path = Path(name).expanduser()
-    rows: list[tuple[str, str]] = [("model", name)]
+    if path.is_dir() and not (path / "config.json").is_file():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:  # a folder holding one GGUF file describes that file
+            path = ggufs[0]
+    rows: list[tuple[str, str]] = [("model", str(path) if path.suffix == ".gguf" else name)]
     if path.suffix == ".gguf" and path.is_file():
         rows += _inspect_gguf(path)
     else:
