@@ -90,6 +90,10 @@ def load(args, dtype: torch.dtype):
 
     if args.gguf:
         path = Path(args.gguf)
+        if args.gguf == "default":  # the SmolLM2-135M GGUF that autolm's default-model package ships
+            from autolm.gguf import default_gguf_path
+
+            path = Path(default_gguf_path())
         ours = autolm.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         ref = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
     else:
@@ -103,7 +107,9 @@ def main() -> None:
     parser.add_argument(
         "--model", default=None, help="model directory (default: a random SmolLM2-135M shape)"
     )
-    parser.add_argument("--gguf", default=None, help="a .gguf file instead of --model")
+    parser.add_argument(
+        "--gguf", default=None, help="a .gguf file instead of --model ('default': the packaged SmolLM2-135M)"
+    )
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--new-tokens", type=int, default=128)
