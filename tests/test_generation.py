@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from conftest import FAMILIES
@@ -171,10 +169,6 @@ def test_static_cache_and_no_cache_equal_dynamic(llama):
     assert static.tolist() == dynamic.tolist() == nocache.tolist()
 
 
-@pytest.mark.skipif(
-    not os.environ.get("AUTOLM_TEST_COMPILE"),
-    reason="torch.compile takes ~40 s on a 2-core CPU; set AUTOLM_TEST_COMPILE=1 (bench/generate.py --compile covers it)",
-)
 def test_compiled_decode_equals_dynamic(llama):
     ours, tok, _, _ = llama
     inputs = dict(tok(PROMPTS, return_tensors="pt", padding=True))

@@ -52,6 +52,7 @@ def pin_of(path) -> str:
 
 def test_refused_without_consent_and_nothing_runs(env):
     repo = write(env / "a", custom_files("a"))
+    modules_before = set(sys.modules)
     for load in (AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer):
         for trust in ({}, {"trust_remote_code": False}):
             with pytest.raises(RemoteCodeError) as e:
@@ -62,7 +63,7 @@ def test_refused_without_consent_and_nothing_runs(env):
                 assert f["path"] in msg and f["sha256"] in msg
             assert pin_of(repo) in msg
     assert ran(env) == []
-    assert not [m for m in sys.modules if m.startswith("autolm_remote_")]
+    assert not [m for m in set(sys.modules) - modules_before if m.startswith("autolm_remote_")]
 
 
 def test_trusted_code_loads_runs_and_tokenizes(env):
