@@ -77,6 +77,18 @@ def test_revision_by_branch_tag_and_sha(env, hub):
     assert (env / "models--org--tiny" / "refs" / "dev").read_text() == sha_dev
 
 
+def test_branch_that_moved_is_followed(env, hub):
+    # its own branch, so the other tests' branches and tags stay put
+    commit_files(hub.src, {"config.json": b'{"model_type": "llama", "moving": 1}'}, branch="moving")
+    first = open_repo("org/tiny", revision="moving")
+    assert b'"moving": 1' in first.get("config.json").read_bytes()
+    commit_files(hub.src, {"config.json": b'{"model_type": "llama", "moving": 2}'}, branch="moving")
+    clear_resolved()
+    moved = open_repo("org/tiny", revision="moving")
+    assert moved.revision == head(hub.src, "moving") != first.revision
+    assert b'"moving": 2' in moved.get("config.json").read_bytes()
+
+
 def test_subfolder(env, hub):
     assert open_repo("org/tiny", subfolder="sub").get("config.json").read_bytes() == b'{"model_type": "bert"}'
 
@@ -101,6 +113,12 @@ def test_warm_cache_requests(env, hub):
             r.fetch(["model.safetensors"]),
         )
     assert hub.requests == [("GET", "/api/models/org/tiny/revision/main")]
+    # once the branch's commit is cached, the one request is a cheap HEAD of a file it already has
+    clear_resolved()
+    hub.reset()
+    r = open_repo("org/tiny")
+    r.get_optional("config.json"), r.fetch(["model.safetensors"])
+    assert hub.requests == [("HEAD", "/org/tiny/resolve/main/config.json")]
     # offline: none
     hub.reset()
     r = open_repo("org/tiny", local_files_only=True)

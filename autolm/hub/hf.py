@@ -240,10 +240,41 @@ class HubRepo(Repo):
         _resolved[self._memo_key()] = (time.monotonic(), commit, dict(self._files))
         return commit
 
+    def _resolve_ref_cheaply(self) -> str | None:
+        """Warm cache: one HEAD of a file this branch had gives its current commit, far cheaper for the
+        server than the repo-info call. None when that commit is not cached (then the full call runs)."""
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+        try:
+            previous = (self.storage / "refs" / self.requested).read_text().strip()
+        except OSError:
+            return None
+        files = read_tree(self.storage, previous)
+        if not files:
+            return None
+        probe = "config.json" if "config.json" in files else next(iter(files))
+        url = hf_hub_url(self.name, probe, revision=self.requested, endpoint=self.settings.endpoint)
+        try:
+            commit = get_hf_file_metadata(url, token=self.settings.token, library_name="autolm").commit_hash
+        except Exception as e:
+            if _is_unreachable(e):
+                raise
+            return None  # e.g. the file is gone in the new commit: let the full call explain
+        files = read_tree(self.storage, commit) if commit else None
+        if files is None:
+            return None
+        if commit != previous:
+            _write_ref(self.storage, self.requested, commit)
+        self._set_listing(files, complete=True)
+        return commit
+
     def _resolve_ref(self) -> str:
         from huggingface_hub.errors import GatedRepoError as HfGated
         from huggingface_hub.errors import RepositoryNotFoundError
 
+        commit = self._resolve_ref_cheaply()
+        if commit is not None:
+            return commit
         api = self._api()
         try:
             info = api.repo_info(self.name, revision=self.requested)
