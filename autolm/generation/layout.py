@@ -21,14 +21,20 @@ def _column_major(weight: torch.Tensor) -> bool:
 
 
 def use_fast_layout(model: nn.Module, compiled: bool = False) -> None:
-    """Re-lay each linear weight in the layout that streams fastest for its dtype and device (in place)."""
-    seen: set[int] = set()
+    """Re-lay each linear weight in the layout that streams fastest for its dtype and device (in place),
+    fusing the projections a module declares in `fusable` (q/k/v, gate/up) into one matrix."""
+    done: set[int] = set()
     with torch.no_grad():
         for module in model.modules():
-            if not isinstance(module, nn.Linear) or id(module.weight) in seen:
+            for name, parts in getattr(module, "fusable", {}).items():
+                linears = [getattr(module, p) for p in parts]
+                if fuse_projections(module, name, linears, compiled):
+                    done.update(id(lin.weight) for lin in linears)
+        for module in model.modules():
+            if not isinstance(module, nn.Linear) or id(module.weight) in done:
                 continue
             weight = module.weight
-            seen.add(id(weight))
+            done.add(id(weight))
             if weight.device.type != "cpu" or weight.is_meta:
                 continue
             want_column = weight.dtype == torch.float32 and not compiled
@@ -37,3 +43,41 @@ def use_fast_layout(model: nn.Module, compiled: bool = False) -> None:
                 weight.data = weight.data.t().contiguous().t()
             elif not want_column and not weight.is_contiguous():
                 weight.data = weight.data.contiguous()
+
+
+def fuse_projections(module: nn.Module, name: str, linears: list[nn.Linear], compiled: bool) -> bool:
+    """Stack the linears' weights (and biases) into `module.<name>_weight` / `<name>_bias`, and make each
+    linear's parameters views of it: one matmul instead of several, no extra memory."""
+    weights = [lin.weight for lin in linears]
+    biases = [lin.bias for lin in linears]
+    w0 = weights[0]
+    if (
+        w0.device.type != "cpu"
+        or w0.is_meta
+        or any(w.dtype != w0.dtype or w.shape[1] != w0.shape[1] for w in weights)
+        or len({b is None for b in biases}) > 1
+    ):
+        return False
+    column = w0.dtype == torch.float32 and not compiled
+    fused = getattr(module, f"{name}_weight", None)
+    if (
+        fused is not None
+        and all(w.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr() for w in weights)
+        and _column_major(fused) == column
+    ):
+        return True  # already fused in this layout
+    rows, cols = sum(w.shape[0] for w in weights), w0.shape[1]
+    fused = torch.empty(cols, rows, dtype=w0.dtype).t() if column else torch.empty(rows, cols, dtype=w0.dtype)
+    fused_bias = None if biases[0] is None else torch.empty(rows, dtype=biases[0].dtype)
+    start = 0
+    for lin in linears:
+        end = start + lin.weight.shape[0]
+        fused[start:end].copy_(lin.weight)
+        lin.weight.data = fused[start:end]
+        if fused_bias is not None:
+            fused_bias[start:end].copy_(lin.bias)
+            lin.bias.data = fused_bias[start:end]
+        start = end
+    setattr(module, f"{name}_weight", fused)
+    setattr(module, f"{name}_bias", fused_bias)
+    return True

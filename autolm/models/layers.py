@@ -18,6 +18,8 @@ class RMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # the fused kernel computes exactly the same in float32
+            return F.rms_norm(x, self.weight.shape, self.weight, self.variance_epsilon)
         # Normalise in float32 and cast back before the weight, as the reference does.
         dtype = x.dtype
         x = x.to(torch.float32)
@@ -145,17 +147,20 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, head_dim)
         cos = emb.cos() * self.attention_scaling
         sin = emb.sin() * self.attention_scaling
+        half = sin.shape[-1] // 2
+        sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)  # see apply_rotary
         return cos.to(x.dtype), sin.to(x.dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, head_dim) broadcasts over heads
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+    """q, k: (B, T, heads, head_dim); cos, sin: (B, T, head_dim) from `RotaryEmbedding`.
+
+    `sin` comes with its first half negated, so rotate_half(x) * sin is x.roll(half) * sin: one op
+    instead of four, the same values bit for bit.
+    """
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # broadcast over heads
+    half = q.shape[-1] // 2
+    return q * cos + q.roll(half, -1) * sin, k * cos + k.roll(half, -1) * sin
 
 
 # --- attention --------------------------------------------------------------------------------

@@ -77,18 +77,35 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(h, config.num_key_value_heads * d, bias=bias)
         self.o_proj = nn.Linear(config.num_attention_heads * d, h, bias=bias)
 
-    def project_qk(self, x: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Queries and keys as (B, heads, T, head_dim), before rotary."""
-        q = self.q_proj(x).view(shape).transpose(1, 2)
-        k = self.k_proj(x).view(shape).transpose(1, 2)
+    # Set by `autolm.generation.layout.fuse_projections`: q/k/v weights in one matrix whose row blocks
+    # the three parameters view (no extra memory), so decoding runs one matmul instead of three.
+    qkv_weight: torch.Tensor | None = None
+    qkv_bias: torch.Tensor | None = None
+    fusable = {"qkv": ("q_proj", "k_proj", "v_proj")}
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values as (B, T, heads, head_dim)."""
+        B, T, _ = x.shape
+        if self.qkv_weight is not None and self.q_proj.weight.data_ptr() == self.qkv_weight.data_ptr():
+            qkv = F.linear(x, self.qkv_weight, self.qkv_bias).view(B, T, -1, self.head_dim)
+            return qkv.split(self.head_counts, dim=2)
+        shape = (B, T, -1, self.head_dim)
+        return self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
+
+    @property
+    def head_counts(self) -> tuple[int, int, int]:
+        c = self.config
+        return (c.num_attention_heads, c.num_key_value_heads, c.num_key_value_heads)
+
+    def norm_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head normalisation before rotary; none in Llama (see Qwen3)."""
         return q, k
 
     def forward(self, x, position_embeddings, mask, cache) -> torch.Tensor:
         B, T, _ = x.shape
-        shape = (B, T, -1, self.head_dim)
-        q, k = self.project_qk(x, shape)
-        v = self.v_proj(x).view(shape).transpose(1, 2)  # (B, kv_heads, T, head_dim)
-        q, k = apply_rotary(q, k, *position_embeddings)
+        q, k, v = self.project(x)
+        q, k = apply_rotary(*self.norm_qk(q, k), *position_embeddings)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, head_dim)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
         out = attention(q, k, v, mask, self.scaling, self.config._attn_implementation)
@@ -104,8 +121,20 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
         self.act_fn = activation(config.hidden_act)
 
+    # Set by `fuse_projections`, as for attention's q/k/v.
+    gate_up_weight: torch.Tensor | None = None
+    gate_up_bias: torch.Tensor | None = None
+    fusable = {"gate_up": ("gate_proj", "up_proj")}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        if (
+            self.gate_up_weight is not None
+            and self.gate_proj.weight.data_ptr() == self.gate_up_weight.data_ptr()
+        ):
+            gate, up = F.linear(x, self.gate_up_weight, self.gate_up_bias).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(self.act_fn(gate) * up)
 
 
 class LlamaDecoderLayer(nn.Module):
