@@ -19,7 +19,7 @@ from .configuration import GENERATION_CONFIG_NAME, GenerationConfig, PretrainedC
 from .errors import CheckpointError
 from .hub import open_repo, pop_hub_kwargs
 from .modeling_utils import PreTrainedModel
-from .weights import checkpoint_files, load_checkpoint
+from .weights import checkpoint_files, load_checkpoint, release_pages
 
 logger = logging.getLogger("autolm")
 
@@ -310,8 +310,10 @@ def assign_weights(
         module_name, _, attr = name.rpartition(".")
         module = model.get_submodule(module_name)
         if name in state and name not in mismatched_keys:
-            tensor = state[name]
-            tensor = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+            source = state[name]
+            tensor = source.to(device=device, dtype=dtype if source.is_floating_point() else source.dtype)
+            if tensor.data_ptr() != source.data_ptr():
+                release_pages(source)  # cast or moved: the checkpoint's pages are not needed any more
         else:
             tensor = _initialised_like(model, module, attr, targets[name], dtype, device)
         if attr in module._parameters:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import re
 import struct
+import weakref
 from pathlib import Path
 
 import torch
@@ -99,8 +101,11 @@ def map_safetensors(path: Path) -> dict[str, torch.Tensor]:
     data_start = 8 + header_len
     if not header:
         return {}
-    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
-    data = torch.empty(0, dtype=torch.uint8).set_(storage)
+    with open(path, "rb") as f:
+        # private (copy-on-write): writing into a loaded weight never touches the file
+        mapping = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    data = torch.frombuffer(mapping, dtype=torch.uint8)  # keeps `mapping` alive as long as any tensor
+    _MAPPINGS.append((data.data_ptr(), data.data_ptr() + size, weakref.ref(mapping)))
     tensors = {}
     for name, info in header.items():
         try:
@@ -120,6 +125,29 @@ def map_safetensors(path: Path) -> dict[str, torch.Tensor]:
             t = t.clone()  # unaligned in the file: one copy of this tensor is the price
         tensors[name] = t.view(dtype).view(shape)
     return tensors
+
+
+# (start address, end address, mapping) of the checkpoint files mapped so far; dead entries are pruned.
+_MAPPINGS: list[tuple[int, int, weakref.ref]] = []
+
+
+def release_pages(tensor: torch.Tensor) -> None:
+    """Drop the resident pages of `tensor` when it views a mapped checkpoint and a copy has replaced it.
+
+    The pages are clean copies of the file, so this only returns memory: touching them again reads the
+    file back. Tensors that are not in a checkpoint mapping are left alone.
+    """
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    _MAPPINGS[:] = [m for m in _MAPPINGS if m[2]() is not None]
+    for lo, hi, ref in _MAPPINGS:
+        mapping = ref()
+        if mapping is not None and lo <= start and end <= hi:
+            first = -(-(start - lo) // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the tensor only
+            last = (end - lo) // mmap.PAGESIZE * mmap.PAGESIZE
+            if last > first:
+                mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+            return
 
 
 def load_bin(path: Path) -> dict[str, torch.Tensor]:

@@ -284,3 +284,27 @@ def test_user_subclass_with_backbone_from_config(tmp_path):
     # and the strict option refuses instead of initialising
     with pytest.raises(autolm.errors.CheckpointError, match="head"):
         Scorer.from_pretrained(tmp_path, strict=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_layout_keeps_weights_and_saves_the_same(tmp_path, dtype):
+    """generate() re-lays and fuses weights (and drops the checkpoint pages it no longer needs):
+    the values, the state_dict names and what save_pretrained writes must not change."""
+    from safetensors.torch import load_file
+
+    save_reference(make_reference("qwen2", tie_word_embeddings=True), tmp_path / "src")
+    model = autolm.AutoModelForCausalLM.from_pretrained(tmp_path / "src", dtype=dtype)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = input_ids(batch=1)
+    with torch.no_grad():
+        logits = model(ids).logits
+    model.generate(ids, max_new_tokens=3)
+    after = model.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    with torch.no_grad():  # another matmul layout sums in another order: equal up to rounding
+        assert _max_diff(model(ids).logits, logits) <= (1e-5 if dtype == torch.float32 else 1e-2)
+    model.save_pretrained(tmp_path / "out")
+    saved = load_file(tmp_path / "out" / "model.safetensors")
+    assert set(saved) == set(before) - {"lm_head.weight"}
+    assert all(torch.equal(saved[k], before[k]) for k in saved)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..weights import release_pages
+
 
 def _column_major(weight: torch.Tensor) -> bool:
     return weight.dim() == 2 and weight.stride(0) == 1 and weight.stride(1) == weight.shape[0]
@@ -38,11 +40,14 @@ def use_fast_layout(model: nn.Module, compiled: bool = False) -> None:
             if weight.device.type != "cpu" or weight.is_meta:
                 continue
             want_column = weight.dtype == torch.float32 and not compiled
+            old = weight.data
             if want_column and not _column_major(weight):
                 # a tied lm_head shares this Parameter with the embedding, so both follow
-                weight.data = weight.data.t().contiguous().t()
+                weight.data = old.t().contiguous().t()
             elif not want_column and not weight.is_contiguous():
-                weight.data = weight.data.contiguous()
+                weight.data = old.contiguous()
+            if weight.data.data_ptr() != old.data_ptr():
+                release_pages(old)  # the checkpoint's pages of the old layout are no longer needed
 
 
 def fuse_projections(module: nn.Module, name: str, linears: list[nn.Linear], compiled: bool) -> bool:
@@ -73,7 +78,9 @@ def fuse_projections(module: nn.Module, name: str, linears: list[nn.Linear], com
     for lin in linears:
         end = start + lin.weight.shape[0]
         fused[start:end].copy_(lin.weight)
+        old = lin.weight.data
         lin.weight.data = fused[start:end]
+        release_pages(old)
         if fused_bias is not None:
             fused_bias[start:end].copy_(lin.bias)
             lin.bias.data = fused_bias[start:end]
