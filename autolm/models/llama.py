@@ -69,6 +69,8 @@ class LlamaAttention(nn.Module):
         self.head_dim = config.head_dim
         self.scaling = self.head_dim**-0.5
         self.make_projections(config)
+        self.register_buffer("qkv_weight", None, persistent=False)
+        self.register_buffer("qkv_bias", None, persistent=False)
 
     def make_projections(self, config: LlamaConfig) -> None:
         h, d, bias = config.hidden_size, self.head_dim, config.attention_bias
@@ -77,16 +79,15 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(h, config.num_key_value_heads * d, bias=bias)
         self.o_proj = nn.Linear(config.num_attention_heads * d, h, bias=bias)
 
-    # Set by `autolm.generation.layout.fuse_projections`: q/k/v weights in one matrix whose row blocks
-    # the three parameters view (no extra memory), so decoding runs one matmul instead of three.
-    qkv_weight: torch.Tensor | None = None
-    qkv_bias: torch.Tensor | None = None
+    # `autolm.generation.layout.fuse_projections` fills the buffers qkv_weight/qkv_bias with q/k/v in
+    # one matrix whose row blocks the three parameters view (no extra memory): one matmul, not three.
+    # Buffers, so `.to()` converts them with the parameters; not persistent, so never saved.
     fusable = {"qkv": ("q_proj", "k_proj", "v_proj")}
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys and values as (B, T, heads, head_dim)."""
         B, T, _ = x.shape
-        if self.qkv_weight is not None and self.q_proj.weight.data_ptr() == self.qkv_weight.data_ptr():
+        if self.qkv_weight is not None:
             qkv = F.linear(x, self.qkv_weight, self.qkv_bias).view(B, T, -1, self.head_dim)
             return qkv.split(self.head_counts, dim=2)
         shape = (B, T, -1, self.head_dim)
@@ -120,17 +121,14 @@ class LlamaMLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
         self.act_fn = activation(config.hidden_act)
+        # filled by `fuse_projections`, as attention's q/k/v
+        self.register_buffer("gate_up_weight", None, persistent=False)
+        self.register_buffer("gate_up_bias", None, persistent=False)
 
-    # Set by `fuse_projections`, as for attention's q/k/v.
-    gate_up_weight: torch.Tensor | None = None
-    gate_up_bias: torch.Tensor | None = None
     fusable = {"gate_up": ("gate_proj", "up_proj")}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            self.gate_up_weight is not None
-            and self.gate_proj.weight.data_ptr() == self.gate_up_weight.data_ptr()
-        ):
+        if self.gate_up_weight is not None:
             gate, up = F.linear(x, self.gate_up_weight, self.gate_up_bias).chunk(2, dim=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
