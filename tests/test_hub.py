@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from hubserver import commit_files, head, make_repo, serve_repos
 
-from autolm.errors import HubUnreachableError, MissingFilesError, ModelNotFoundError, RevisionNotFoundError
+from autolm.errors import (
+    DiskFullError,
+    GatedRepoError,
+    HubUnreachableError,
+    MissingFilesError,
+    ModelNotFoundError,
+    RevisionNotFoundError,
+)
 from autolm.hub import clear_resolved, open_repo
 
 CONFIG = b'{"model_type": "llama", "hidden_size": 8}'
@@ -283,3 +290,53 @@ def hub_model(tmp_path_factory):
                 _os.environ.pop("HF_ENDPOINT")
             else:
                 _os.environ["HF_ENDPOINT"] = old
+
+
+def test_gated_repo_error_mentions_the_token(env, monkeypatch):
+    """A hub that answers 403 with the Hub's gated-repo code: the error says how to get access."""
+    import http.server
+    import threading
+
+    class Gated(http.server.BaseHTTPRequestHandler):
+        def _deny(self):
+            body = b'{"error": "Access to model org/gated is restricted. You must have access to it."}'
+            self.send_response(403)
+            self.send_header("X-Error-Code", "GatedRepo")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_HEAD = _deny
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gated)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        clear_resolved()
+        with pytest.raises(GatedRepoError, match="HF_TOKEN") as err:
+            open_repo("org/gated")
+        assert isinstance(err.value, PermissionError) and "org/gated" in str(err.value)
+    finally:
+        server.shutdown()
+
+
+def test_disk_full_is_named_and_leaves_no_file(env, hub, monkeypatch):
+    import errno
+
+    import huggingface_hub
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_space)
+    repo = open_repo("org/tiny")
+    with pytest.raises(DiskFullError, match="full") as err:
+        repo.fetch(["model.safetensors"])
+    assert isinstance(err.value, OSError) and "model.safetensors" in str(err.value)
+    snapshots = env / "models--org--tiny" / "snapshots"
+    assert not any(p.name == "model.safetensors" for p in snapshots.rglob("*"))
