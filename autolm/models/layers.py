@@ -225,12 +225,16 @@ def attention(
         # One new token (decoding): two small matmuls per kv head group. sdpa's CPU kernel costs
         # milliseconds per call here, more than the layer's weights take to stream.
         B, H, _, D = q.shape
+        dtype = q.dtype
+        if dtype != torch.float32 and q.device.type == "cpu":
+            # half-precision matmuls have no fast CPU kernel here; sdpa accumulates in float32 too
+            q, k, v = q.float(), k.float(), v.float()
         q = q.reshape(B, k.shape[1], n_rep, D)  # (B, kv_heads, heads per kv head, D)
         scores = torch.matmul(q, k.transpose(2, 3)) * scaling  # (B, kv_heads, n_rep, S)
         if mask is not None:
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        out = torch.matmul(probs, v).reshape(B, H, 1, D)
+        out = torch.matmul(probs, v).reshape(B, H, 1, D).to(dtype)
     else:
         is_causal = mask is None and q_len > 1
         out = F.scaled_dot_product_attention(
