@@ -7,32 +7,19 @@ import torch
 from .layers import RMSNorm
 from .llama import (
     LlamaAttention,
-    LlamaConfig,
     LlamaForCausalLM,
     LlamaForSequenceClassification,
     LlamaModel,
     LlamaPreTrainedModel,
 )
+from .qwen2 import Qwen2Config
 
 
-class Qwen3Config(LlamaConfig):
+class Qwen3Config(Qwen2Config):
+    """Qwen2's defaults (and its window switch) with a fixed head_dim."""
+
     model_type = "qwen3"
-    defaults = {
-        **LlamaConfig.defaults,
-        "vocab_size": 151936,
-        "intermediate_size": 22016,
-        "head_dim": 128,
-        "max_position_embeddings": 32768,
-        "bos_token_id": None,
-        "eos_token_id": None,
-        "use_sliding_window": False,
-        "sliding_window": 4096,
-        "max_window_layers": 28,
-    }
-
-    @property
-    def attention_window(self) -> int | None:
-        return self.sliding_window if self.use_sliding_window else None
+    defaults = {**Qwen2Config.defaults, "head_dim": 128}
 
 
 class Qwen3Attention(LlamaAttention):
