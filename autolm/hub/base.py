@@ -48,6 +48,38 @@ class Repo:
         return f"{type(self).__name__}({self.name}{rev})"
 
 
+class CachedRepo(Repo):
+    """A remote repo resolved to one revision, its files in a cache snapshot folder.
+
+    Subclasses set `storage`, `revision`, `settings`, `_subfolder`, `_forced` and write `_download`."""
+
+    def _full(self, filename: str) -> str:
+        return f"{self._subfolder}/{filename}" if self._subfolder else filename
+
+    def _snapshot(self) -> Path:
+        return self.storage / "snapshots" / self.revision
+
+    @property
+    def local_dir(self) -> Path:
+        snap = self._snapshot()
+        return snap / self._subfolder if self._subfolder else snap
+
+    def fetch(self, filenames: list[str]) -> list[Path]:
+        full = [self._full(f) for f in filenames]
+        force = self.settings.force_download
+        todo = [
+            f
+            for f in dict.fromkeys(full)
+            if not (self._snapshot() / f).is_file() or (force and f not in self._forced)
+        ]
+        if todo:
+            self._download(todo)
+        return [self._snapshot() / f for f in full]
+
+    def _download(self, todo: list[str]) -> None:
+        raise NotImplementedError
+
+
 class LocalRepo(Repo):
     """A directory on disk (a checkout, a `save_pretrained` output, or the folder of a single file)."""
 

@@ -34,7 +34,7 @@ from ..errors import (
     RevisionNotFoundError,
 )
 from . import HubSettings
-from .base import Repo
+from .base import CachedRepo
 from .progress import DownloadBar
 
 logger = logging.getLogger("autolm")
@@ -177,7 +177,7 @@ def _is_unreachable(e: BaseException | None) -> bool:
     return False
 
 
-class HubRepo(Repo):
+class HubRepo(CachedRepo):
     """A Hugging Face Hub repo, resolved to one commit, its files served from the shared cache."""
 
     def __init__(self, repo_id: str, settings: HubSettings):
@@ -387,12 +387,6 @@ class HubRepo(Repo):
 
     # --- files ---
 
-    def _full(self, filename: str) -> str:
-        return f"{self._subfolder}/{filename}" if self._subfolder else filename
-
-    def _snapshot(self) -> Path:
-        return self.storage / "snapshots" / self.revision
-
     def _known_absent(self, full: str) -> bool:
         return (self.storage / ".no_exist" / self.revision / full).exists()
 
@@ -420,23 +414,6 @@ class HubRepo(Repo):
         if snap.is_dir():
             names |= {p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file()}
         return sorted(n[len(prefix) :] for n in names if n.startswith(prefix))
-
-    @property
-    def local_dir(self) -> Path:
-        snap = self._snapshot()
-        return snap / self._subfolder if self._subfolder else snap
-
-    def fetch(self, filenames: list[str]) -> list[Path]:
-        full = [self._full(f) for f in filenames]
-        force = self.settings.force_download
-        todo = [
-            f
-            for f in dict.fromkeys(full)
-            if not (self._snapshot() / f).exists() or (force and f not in self._forced)
-        ]
-        if todo:
-            self._download(todo)
-        return [self._snapshot() / f for f in full]
 
     def _download(self, todo: list[str]) -> None:
         s = self.settings

@@ -20,7 +20,7 @@ from ..errors import (
     RevisionNotFoundError,
 )
 from . import HubSettings
-from .base import Repo
+from .base import CachedRepo
 from .hf import _is_disk_full, download_command
 from .progress import DownloadBar
 
@@ -38,7 +38,7 @@ def _client():
     return modelscope_hub
 
 
-class ModelScopeRepo(Repo):
+class ModelScopeRepo(CachedRepo):
     def __init__(self, repo_id: str, settings: HubSettings):
         self.name = repo_id
         self.settings = settings
@@ -112,12 +112,6 @@ class ModelScopeRepo(Repo):
             )
         return e
 
-    def _full(self, filename: str) -> str:
-        return f"{self._subfolder}/{filename}" if self._subfolder else filename
-
-    def _snapshot(self) -> Path:
-        return self.storage / "snapshots" / self.revision
-
     def exists(self, filename: str) -> bool:
         full = self._full(filename)
         return full in self._files or (self._snapshot() / full).is_file()
@@ -129,23 +123,6 @@ class ModelScopeRepo(Repo):
             names |= {p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file()}
         prefix = f"{self._subfolder}/" if self._subfolder else ""
         return sorted(n[len(prefix) :] for n in names if n.startswith(prefix) and "/.lock" not in n)
-
-    @property
-    def local_dir(self) -> Path:
-        snap = self._snapshot()
-        return snap / self._subfolder if self._subfolder else snap
-
-    def fetch(self, filenames: list[str]) -> list[Path]:
-        full = [self._full(f) for f in filenames]
-        force = self.settings.force_download
-        todo = [
-            f
-            for f in dict.fromkeys(full)
-            if not (self._snapshot() / f).is_file() or (force and f not in self._forced)
-        ]
-        if todo:
-            self._download(todo)
-        return [self._snapshot() / f for f in full]
 
     def _download(self, todo: list[str]) -> None:
         if not self._online:
