@@ -30,6 +30,18 @@ class DynamicCache:
         self._len[layer_idx] = end
         return self._keys[layer_idx][:, :, :end], self._values[layer_idx][:, :, :end]
 
+    def reserve(self, length: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Make every layer's buffers hold `length` positions; return the whole buffers (B, KVH, capacity, D),
+        for a writer that fills slots itself and then calls `advance` (the native decode step)."""
+        for i in range(len(self._keys)):
+            if length > self._keys[i].shape[2]:
+                self._grow(i, 2 * length)
+        return self._keys, self._values
+
+    def advance(self, n: int) -> None:
+        """Count `n` more positions as written in every layer."""
+        self._len = [length + n for length in self._len]
+
     def _grow(self, layer_idx: int, capacity: int) -> None:
         for store in (self._keys, self._values):
             old = store[layer_idx]
@@ -102,6 +114,10 @@ class StaticCache:
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self._seen
+
+    def mark_written(self, slot: int) -> None:
+        """Record that every layer's `slot` was written directly (the native decode step)."""
+        self._seen = max(self._seen, slot + 1)
 
     def reset(self) -> None:
         """Forget the contents (the buffers are reused, so a compiled step keeps its graph)."""

@@ -1,12 +1,12 @@
 """Weight memory layout for fast decoding on CPU.
 
 Decoding one token is a chain of matrix-vector products, so its speed is how fast the weights stream
-from memory. Measured with torch 2.13 on an AVX2 CPU (bench/generate.py, 2 threads): a float32
-`F.linear(x, W)` streams W fastest when W is stored column-major (its transpose contiguous), up to 1.7x
-for the 49152-row lm_head; bfloat16 is the reverse (column-major is ~10x slower). So before decoding,
-float32 linear weights on the CPU are re-laid column-major and everything else row-major.
-Under torch.compile the row-major layout is kept: inductor's code for column-major weights was ~15x
-slower than eager there.
+from memory. autolm's native kernels (`autolm.kernels`, loaded here) read row-major weights, one row
+at a time, at about twice the speed of torch's `F.linear` (bench/generate.py). Without them, a float32
+`F.linear(x, W)` streams W fastest when W is stored column-major (up to 1.7x for the 49152-row lm_head),
+while bfloat16 is the reverse (column-major ~10x slower): so float32 weights are re-laid column-major
+only when the kernels are not in use. Under torch.compile the row-major layout is kept: inductor's code
+for column-major weights was ~15x slower than eager there.
 Names, shapes, values and `state_dict()` are unchanged (saving makes tensors contiguous).
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import kernels
 from ..weights import release_pages
 
 
@@ -26,11 +27,13 @@ def use_fast_layout(model: nn.Module, compiled: bool = False) -> None:
     """Re-lay each linear weight in the layout that streams fastest for its dtype and device (in place),
     fusing the projections a module declares in `fusable` (q/k/v, gate/up) into one matrix."""
     done: set[int] = set()
+    on_cpu = any(p.device.type == "cpu" for p in model.parameters())
+    column = not compiled and not (on_cpu and kernels.ensure_loaded())
     with torch.no_grad():
         for module in model.modules():
             for name, parts in getattr(module, "fusable", {}).items():
                 linears = [getattr(module, p) for p in parts]
-                if fuse_projections(module, name, linears, compiled):
+                if fuse_projections(module, name, linears, column):
                     done.update(id(lin.weight) for lin in linears)
         for module in model.modules():
             if not isinstance(module, nn.Linear) or id(module.weight) in done:
@@ -39,7 +42,7 @@ def use_fast_layout(model: nn.Module, compiled: bool = False) -> None:
             done.add(id(weight))
             if weight.device.type != "cpu" or weight.is_meta:
                 continue
-            want_column = weight.dtype == torch.float32 and not compiled
+            want_column = weight.dtype == torch.float32 and column
             old = weight.data
             if want_column and not _column_major(weight):
                 # a tied lm_head shares this Parameter with the embedding, so both follow
@@ -50,9 +53,10 @@ def use_fast_layout(model: nn.Module, compiled: bool = False) -> None:
                 release_pages(old)  # the checkpoint's pages of the old layout are no longer needed
 
 
-def fuse_projections(module: nn.Module, name: str, linears: list[nn.Linear], compiled: bool) -> bool:
+def fuse_projections(module: nn.Module, name: str, linears: list[nn.Linear], column: bool) -> bool:
     """Stack the linears' weights (and biases) into `module.<name>_weight` / `<name>_bias`, and make each
-    linear's parameters views of it: one matmul instead of several, no extra memory."""
+    linear's parameters views of it: one matmul instead of several, no extra memory. `column`: store
+    float32 column-major (for torch's F.linear; the native kernels read row-major)."""
     weights = [lin.weight for lin in linears]
     biases = [lin.bias for lin in linears]
     w0 = weights[0]
@@ -63,7 +67,7 @@ def fuse_projections(module: nn.Module, name: str, linears: list[nn.Linear], com
         or len({b is None for b in biases}) > 1
     ):
         return False
-    column = w0.dtype == torch.float32 and not compiled
+    column = column and w0.dtype == torch.float32
     fused = getattr(module, f"{name}_weight", None)
     if (
         fused is not None

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import torch
 
 from ..configuration import GenerationConfig
+from ..kernels.decoder import NativeDecoder, native_decoder
 from ..kv_cache import DynamicCache, StaticCache
 from ..modeling_utils import ModelOutput
 from . import sampling
@@ -117,6 +118,7 @@ class _Decoder:
         self.unfinished = torch.ones(B, dtype=torch.bool, device=device)
         self.pad = torch.tensor(plan.pad_token_id, device=device)
         self.cache = None
+        self.native: NativeDecoder | None = None  # set after the first token (see run)
         if plan.static_cache:
             cache_len = -(-total // 256) * 256  # rounded up, so nearby lengths share a compiled graph
             self.cache = StaticCache(model.config, B, cache_len, device=device, dtype=model.dtype)
@@ -164,10 +166,18 @@ class _Decoder:
             self.valid[:, length] = True
             # set before the call too, so a compiled step always finds a (1,) tensor there
             cache.cache_position = slot = torch.tensor([length], device=self.device)
-            self.logits = self.decode(model, token, self.next_position, self.step_mask, cache, slot)
+            native = self.native and self.native.step(token, self.next_position, self.step_mask, cache, slot)
+            self.logits = (
+                self.decode(model, token, self.next_position, self.step_mask, cache, slot)
+                if native is None
+                else native
+            )
         elif cache is not None:
             mask = self.full_mask[:, : length + 1] if self.full_mask is not None else None
-            self.logits = decode_one_token(model, token, self.next_position, mask, cache)
+            native = self.native and self.native.step(token, self.next_position, mask, cache)
+            self.logits = (
+                decode_one_token(model, token, self.next_position, mask, cache) if native is None else native
+            )
         else:  # no cache: run the whole sequence again
             mask = self.full_mask[:, : length + 1] if self.full_mask is not None else None
             B = token.shape[0]
@@ -192,6 +202,7 @@ def run(model, plan: Plan, scores: list[torch.Tensor] | None = None) -> Iterator
                 return
         if step == 0:  # re-lay the weights for decoding once the first token is out: TTFT does not pay for it
             use_fast_layout(model, compiled=plan.compile)
+            decoder.native = None if plan.compile else native_decoder(model)
         with torch.inference_mode():
             decoder.advance(token, step)
 

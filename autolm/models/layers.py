@@ -1,4 +1,5 @@
-"""Math shared by the decoder families: RMSNorm, rotary embeddings (all scaling types), attention, masks."""
+"""Math shared by the decoder families: Linear, RMSNorm, rotary embeddings (all scaling types), attention,
+masks."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..kernels import linear
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose small-batch CPU products (decoding) run on autolm's native kernels when loaded."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):

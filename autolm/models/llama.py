@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configuration import PretrainedConfig
+from ..kernels import linear
 from ..kv_cache import DynamicCache
 from ..modeling_utils import ModelOutput, PreTrainedModel
-from .layers import RMSNorm, RotaryEmbedding, activation, apply_rotary, attention, causal_mask
+from .layers import Linear, RMSNorm, RotaryEmbedding, activation, apply_rotary, attention, causal_mask
 
 
 class LlamaConfig(PretrainedConfig):
@@ -74,10 +75,10 @@ class LlamaAttention(nn.Module):
 
     def make_projections(self, config: LlamaConfig) -> None:
         h, d, bias = config.hidden_size, self.head_dim, config.attention_bias
-        self.q_proj = nn.Linear(h, config.num_attention_heads * d, bias=bias)
-        self.k_proj = nn.Linear(h, config.num_key_value_heads * d, bias=bias)
-        self.v_proj = nn.Linear(h, config.num_key_value_heads * d, bias=bias)
-        self.o_proj = nn.Linear(config.num_attention_heads * d, h, bias=bias)
+        self.q_proj = Linear(h, config.num_attention_heads * d, bias=bias)
+        self.k_proj = Linear(h, config.num_key_value_heads * d, bias=bias)
+        self.v_proj = Linear(h, config.num_key_value_heads * d, bias=bias)
+        self.o_proj = Linear(config.num_attention_heads * d, h, bias=bias)
 
     # `autolm.generation.layout.fuse_projections` fills the buffers qkv_weight/qkv_bias with q/k/v in
     # one matrix whose row blocks the three parameters view (no extra memory): one matmul, not three.
@@ -88,7 +89,7 @@ class LlamaAttention(nn.Module):
         """Queries, keys and values as (B, T, heads, head_dim)."""
         B, T, _ = x.shape
         if self.qkv_weight is not None:
-            qkv = F.linear(x, self.qkv_weight, self.qkv_bias).view(B, T, -1, self.head_dim)
+            qkv = linear(x, self.qkv_weight, self.qkv_bias).view(B, T, -1, self.head_dim)
             return qkv.split(self.head_counts, dim=2)
         shape = (B, T, -1, self.head_dim)
         return self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
@@ -117,9 +118,9 @@ class LlamaMLP(nn.Module):
     def __init__(self, config: LlamaConfig):
         super().__init__()
         bias = getattr(config, "mlp_bias", False)
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.gate_proj = Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.up_proj = Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=bias)
         self.act_fn = activation(config.hidden_act)
         # filled by `fuse_projections`, as attention's q/k/v
         self.register_buffer("gate_up_weight", None, persistent=False)
@@ -129,7 +130,7 @@ class LlamaMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_weight is not None:
-            gate, up = F.linear(x, self.gate_up_weight, self.gate_up_bias).chunk(2, dim=-1)
+            gate, up = linear(x, self.gate_up_weight, self.gate_up_bias).chunk(2, dim=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
         return self.down_proj(self.act_fn(gate) * up)
@@ -235,7 +236,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
     def __init__(self, config: LlamaConfig):
         super().__init__(config)
         self.model = self.base_model_class(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
@@ -281,7 +282,7 @@ class LlamaForSequenceClassification(LlamaPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = self.base_model_class(config)
-        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.score = Linear(config.hidden_size, config.num_labels, bias=False)
 
     def forward(
         self,

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from torch import nn
-
+from .layers import Linear
 from .llama import (
     LlamaAttention,
     LlamaConfig,
@@ -37,10 +36,10 @@ class Qwen2Config(LlamaConfig):
 class Qwen2Attention(LlamaAttention):
     def make_projections(self, config: Qwen2Config) -> None:
         h, d = config.hidden_size, self.head_dim
-        self.q_proj = nn.Linear(h, config.num_attention_heads * d, bias=True)
-        self.k_proj = nn.Linear(h, config.num_key_value_heads * d, bias=True)
-        self.v_proj = nn.Linear(h, config.num_key_value_heads * d, bias=True)
-        self.o_proj = nn.Linear(config.num_attention_heads * d, h, bias=False)
+        self.q_proj = Linear(h, config.num_attention_heads * d, bias=True)
+        self.k_proj = Linear(h, config.num_key_value_heads * d, bias=True)
+        self.v_proj = Linear(h, config.num_key_value_heads * d, bias=True)
+        self.o_proj = Linear(config.num_attention_heads * d, h, bias=False)
 
 
 class Qwen2PreTrainedModel(LlamaPreTrainedModel):

@@ -1,0 +1,185 @@
+"""Native CPU kernels for decoding (`cpu.c`), built with the system C compiler on first use.
+
+torch runs the matrix-vector products of batch-1 decoding at about half the memory bandwidth two cores
+have here (float32 `F.linear` on one thread, bfloat16 bound by conversion work); `cpu.c` streams each
+weight row once over torch's own OpenMP threads. The library is compiled once per source version into
+`$AUTOLM_HOME/kernels` (default `~/.cache/autolm/kernels`) and loaded with ctypes; everything falls back
+to torch when it cannot be: no x86-64 AVX2/FMA/F16C CPU, no C compiler (`$CC`, else `cc`), or
+`AUTOLM_NATIVE_KERNELS=0`. Generation loads it when it re-lays the weights after the first token
+(`ensure_loaded`), so time to first token never pays for the build.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger("autolm")
+
+SOURCE = Path(__file__).with_name("cpu.c")
+# -ffp-contract=off: no fused multiply-adds beyond the explicit ones, so elementwise ops round as torch's
+FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC"]
+# Beyond this many rows of x, torch's gemm (which reuses each weight tile across rows) is faster.
+MAX_ROWS = 8
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+_P, _I, _N = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+_SIGNATURES = {  # cpu.c's entry points; the first argument is the dtype code
+    "autolm_linear": [_N, _P, _P, _P, _P, _I, _I, _I, _I, _N],
+    "autolm_decode": [_N, _P, _P, _I, _P, _I, _P, _P, ctypes.POINTER(_I), _I, _I, _P, _I, _I, _N],
+}
+
+_lib: ctypes.CDLL | None = None
+_tried = False
+_lock = threading.Lock()
+
+
+def kernels_dir() -> Path:
+    """$AUTOLM_HOME/kernels, else ~/.cache/autolm/kernels (XDG_CACHE_HOME respected)."""
+    home = os.environ.get("AUTOLM_HOME")
+    if home:
+        return Path(home).expanduser() / "kernels"
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "autolm" / "kernels"
+
+
+def unsupported_reason() -> str | None:
+    """Why the kernels cannot run on this machine, or None when they can."""
+    if os.environ.get("AUTOLM_NATIVE_KERNELS", "1").lower() in ("0", "false", "no", "off"):
+        return "AUTOLM_NATIVE_KERNELS=0"
+    if sys.platform != "linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"they need Linux on x86-64 (this is {sys.platform} on {platform.machine()})"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    missing = [flag for flag in ("avx2", "fma", "f16c") if flag not in flags]
+    if missing:
+        return f"the CPU lacks {', '.join(missing)}"
+    return None
+
+
+def build(directory: Path | None = None) -> Path:
+    """Compile cpu.c into `directory` (default: kernels_dir()) unless that version is already there.
+
+    Raises:
+        RuntimeError: no C compiler, or it failed (its output is in the message).
+    """
+    source = SOURCE.read_bytes()
+    compiler = os.environ.get("CC") or "cc"
+    digest = hashlib.sha256(source + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
+    directory = Path(directory) if directory is not None else kernels_dir()
+    target = directory / f"autolm_cpu-{digest}.so"
+    if target.exists():
+        return target
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C compiler: {compiler!r} is not on PATH (set CC to one)")
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        done = subprocess.run(
+            [compiler, *FLAGS, str(SOURCE), "-o", str(partial), "-lm"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} failed to build {SOURCE.name}:\n{done.stderr.strip()}")
+        os.replace(partial, target)  # atomic: a concurrent process sees no file or a whole one
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def ensure_loaded() -> bool:
+    """Build (once per source version) and load the kernels; True when they are in use.
+
+    A failure is logged once and torch's kernels are used instead.
+    """
+    global _lib, _tried
+    if _lib is not None or _tried:
+        return _lib is not None
+    with _lock:
+        if _tried:
+            return _lib is not None
+        _tried = True
+        reason = unsupported_reason()
+        if reason is not None:
+            logger.info("autolm native CPU kernels off: %s; decoding uses torch's kernels", reason)
+            return False
+        try:
+            lib = ctypes.CDLL(str(build()))  # torch is imported first, so its libgomp is the one used
+            for name, argtypes in _SIGNATURES.items():
+                getattr(lib, name).argtypes = argtypes
+                getattr(lib, name).restype = ctypes.c_int
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            logger.warning("autolm native CPU kernels unavailable (%s); decoding uses torch's kernels", exc)
+            return False
+        _lib = lib
+        return True
+
+
+def loaded() -> bool:
+    return _lib is not None
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded library (None until ensure_loaded() succeeded)."""
+    return _lib
+
+
+def reset() -> None:
+    """Forget the loaded library (tests; the next ensure_loaded() tries again)."""
+    global _lib, _tried
+    with _lock:
+        _lib, _tried = None, False
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)`, on the native kernel when it applies: the kernels are loaded, CPU tensors
+    of one dtype (float32, bfloat16 or float16), at most MAX_ROWS rows of x, rows of weight contiguous, no
+    autograd and no torch.compile tracing. Accumulates in float32 and rounds once, as torch does."""
+    lib = _lib
+    if (
+        lib is None
+        or x.device.type != "cpu"
+        or x.dtype != weight.dtype
+        or x.dtype not in _DTYPES
+        or weight.dim() != 2
+        or weight.stride(1) != 1
+        or (bias is not None and (bias.dtype != x.dtype or bias.stride(0) != 1))
+        or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        or torch.compiler.is_compiling()
+    ):
+        return F.linear(x, weight, bias)
+    N, K = weight.shape
+    M = x.numel() // K if K else 0
+    if M > MAX_ROWS or M == 0 or x.shape[-1] != K or weight.device.type != "cpu":
+        return F.linear(x, weight, bias)
+    x = x.contiguous()
+    y = torch.empty(*x.shape[:-1], N, dtype=x.dtype)
+    lib.autolm_linear(
+        _DTYPES[x.dtype],
+        x.data_ptr(),
+        weight.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+        y.data_ptr(),
+        M,
+        N,
+        K,
+        weight.stride(0),
+        torch.get_num_threads(),
+    )
+    return y

@@ -1,0 +1,333 @@
+/* autolm's CPU kernels (x86-64 with AVX2 + FMA + F16C), loaded through ctypes by kernels/__init__.py.
+ *
+ * Decoding one token is a chain of matrix-vector products: its speed is how fast the weights stream
+ * from memory. torch's float32 F.linear runs these on one thread (MKL keeps small gemv single-threaded),
+ * and its bfloat16 kernel is bound by conversion work, so both reach about half of what two cores can
+ * read. These loops split the weight rows over torch's own OpenMP threads (the process's libgomp) and
+ * read each weight row once, in its stored dtype, accumulating in float32.
+ */
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <math.h>
+#include <string.h>
+
+enum { F32 = 0, BF16 = 1, F16 = 2 };
+
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE __m256 load8(const void *p, int64_t i, int t) {
+    if (t == F32) return _mm256_loadu_ps((const float *)p + i);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)p + i));
+    if (t == BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    return _mm256_cvtph_ps(h);
+}
+
+INLINE float load1(const void *p, int64_t i, int t) {
+    if (t == F32) return ((const float *)p)[i];
+    uint16_t h = ((const uint16_t *)p)[i];
+    if (t == BF16) {
+        uint32_t u = (uint32_t)h << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    }
+    return _cvtsh_ss(h);
+}
+
+INLINE void store1(void *p, int64_t i, float v, int t) {
+    if (t == F32) {
+        ((float *)p)[i] = v;
+    } else if (t == BF16) {  /* round to nearest even, as torch does */
+        uint32_t u;
+        memcpy(&u, &v, 4);
+        if ((u & 0x7fffffffu) > 0x7f800000u) u = (u | 0x00400000u);  /* NaN stays NaN */
+        else u += 0x7fffu + ((u >> 16) & 1u);
+        ((uint16_t *)p)[i] = (uint16_t)(u >> 16);
+    } else {
+        ((uint16_t *)p)[i] = _cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT);
+    }
+}
+
+INLINE float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* dot product of x (float32, K) with one weight row. One row at a time streams fastest: reading four
+ * rows side by side measured 15-20% slower (single memory stream for the prefetcher). */
+INLINE float dot(const float *x, const void *w, int64_t K, int t) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        a0 = _mm256_fmadd_ps(load8(w, k, t), _mm256_loadu_ps(x + k), a0);
+        a1 = _mm256_fmadd_ps(load8(w, k + 8, t), _mm256_loadu_ps(x + k + 8), a1);
+        a2 = _mm256_fmadd_ps(load8(w, k + 16, t), _mm256_loadu_ps(x + k + 16), a2);
+        a3 = _mm256_fmadd_ps(load8(w, k + 24, t), _mm256_loadu_ps(x + k + 24), a3);
+    }
+    for (; k + 8 <= K; k += 8) a0 = _mm256_fmadd_ps(load8(w, k, t), _mm256_loadu_ps(x + k), a0);
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; k < K; k++) s += load1(w, k, t) * x[k];
+    return s;
+}
+
+/* bfloat16 rows: a bfloat16 is the top half of a float32, so one 256-bit load of 16 weights gives the
+ * 8 even-indexed ones as floats by a shift and the 8 odd-indexed ones by a mask; x is pre-arranged to
+ * match (see deinterleave). Half the instructions of widening each 8 weights, which made bfloat16
+ * compute-bound on one core. */
+INLINE float dot_bf16(const float *xp, const float *x, const uint16_t *w, int64_t K) {
+    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m256i v0 = _mm256_loadu_si256((const __m256i *)(w + k));
+        __m256i v1 = _mm256_loadu_si256((const __m256i *)(w + k + 16));
+        a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)), _mm256_loadu_ps(xp + k), a0);
+        a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v0, hi)), _mm256_loadu_ps(xp + k + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v1, 16)), _mm256_loadu_ps(xp + k + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v1, hi)), _mm256_loadu_ps(xp + k + 24), a3);
+    }
+    for (; k + 16 <= K; k += 16) {
+        __m256i v0 = _mm256_loadu_si256((const __m256i *)(w + k));
+        a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)), _mm256_loadu_ps(xp + k), a0);
+        a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v0, hi)), _mm256_loadu_ps(xp + k + 8), a1);
+    }
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; k < K; k++) s += load1(w, k, BF16) * x[k];
+    return s;
+}
+
+/* x as float32 with each block of 16 reordered to its 8 even-indexed then 8 odd-indexed values */
+static void deinterleave(const float *x, float *xp, int64_t K) {
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16)
+        for (int j = 0; j < 8; j++) {
+            xp[k + j] = x[k + 2 * j];
+            xp[k + 8 + j] = x[k + 2 * j + 1];
+        }
+    for (; k < K; k++) xp[k] = x[k];
+}
+
+/* one weight row (K values of dtype t) times x (float32); xp is x deinterleaved, used for bfloat16 */
+INLINE float rowdot(const float *x, const float *xp, const void *row, int64_t K, int t) {
+    return t == BF16 ? dot_bf16(xp, x, (const uint16_t *)row, K) : dot(x, row, K, t);
+}
+
+/* y[m, n] = sum_k x[m, k] * w[n, k] + bias[n]  for m < M, n < N; x, y contiguous, bias may be NULL */
+INLINE void linear_impl(const void *x, const void *w, const void *bias, void *y, int64_t M, int64_t N,
+                        int64_t K, int64_t ldw, int nthreads, int t) {
+    float *xf = (float *)x, *buf = NULL, *xp = NULL;
+    if (t != F32) {
+        buf = (float *)malloc(sizeof(float) * M * K * 2);
+        for (int64_t i = 0; i < M * K; i++) buf[i] = load1(x, i, t);
+        xf = buf;
+        xp = buf + M * K;
+        for (int64_t m = 0; m < M; m++) deinterleave(xf + m * K, xp + m * K, K);
+    }
+    if (t != BF16) xp = xf;
+    int64_t size = t == F32 ? 4 : 2;
+    if (N * K < (1 << 15)) nthreads = 1; /* too small to be worth waking a second thread */
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
+    for (int64_t n = 0; n < N; n++) {
+        const void *row = (const char *)w + n * ldw * size;
+        float b = bias ? load1(bias, n, t) : 0.0f;
+        for (int64_t m = 0; m < M; m++) store1(y, m * N + n, rowdot(xf + m * K, xp + m * K, row, K, t) + b, t);
+    }
+    free(buf);
+}
+
+int autolm_linear(int dtype, const void *x, const void *w, const void *bias, void *y, int64_t M, int64_t N,
+                  int64_t K, int64_t ldw, int nthreads) {
+    switch (dtype) {
+    case F32: linear_impl(x, w, bias, y, M, N, K, ldw, nthreads, F32); return 0;
+    case BF16: linear_impl(x, w, bias, y, M, N, K, ldw, nthreads, BF16); return 0;
+    case F16: linear_impl(x, w, bias, y, M, N, K, ldw, nthreads, F16); return 0;
+    }
+    return 1;
+}
+
+
+/* ---- one decode step of a Llama-family decoder stack (Llama, Mistral, Qwen2, Qwen3) ----
+ *
+ * All layers for B rows of one new token each, in one call and one OpenMP parallel region: the
+ * products split their rows over the threads, the small ops between them run on one thread, and no
+ * Python runs in between (which cost more per token than the small ops themselves). Activations stay
+ * float32 between ops but are rounded to the model's dtype wherever the torch code (models/llama.py,
+ * layers.py) ends an op, so bfloat16 and float16 round as that code does. */
+
+typedef struct {
+    int64_t hidden, heads, kv_heads, head_dim, inter;
+    float eps, scaling;
+} decoder_shape;
+
+typedef struct { /* one layer's tensors; biases and q/k norms are NULL when the model has none */
+    const void *in_norm, *qkv_w, *qkv_b, *q_norm, *k_norm, *o_w, *o_b;
+    const void *post_norm, *gate_up_w, *gate_up_b, *down_w, *down_b;
+    void *k_cache, *v_cache;
+} decoder_layer;
+
+INLINE float rnd(float v, int t) { /* the value a tensor of dtype t holds for v */
+    if (t == F32) return v;
+    uint16_t h;
+    store1(&h, 0, v, t);
+    return load1(&h, 0, t);
+}
+
+/* RMSNorm of one row, float32 statistics: float32 -> x * rsqrt(mean(x^2) + eps) * w,
+ * half -> w * half(x * rsqrt(...)). x may equal y. */
+INLINE void norm_row(const float *x, const void *w, float *y, int64_t D, float eps, int t) {
+    float ss = 0.0f;
+    for (int64_t d = 0; d < D; d++) ss += x[d] * x[d];
+    float inv = 1.0f / sqrtf(ss / (float)D + eps);
+    for (int64_t d = 0; d < D; d++) y[d] = rnd(rnd(x[d] * inv, t) * load1(w, d, t), t);
+}
+
+/* rotary embedding of one head in place: x * cos + roll(x, D/2) * sin, sin with its first half negated
+ * (layers.RotaryEmbedding), each product and the sum rounded as separate torch ops */
+INLINE void rotate(float *x, const void *cs, const void *sn, int64_t D, int t) {
+    float tmp[D];
+    int64_t half = D / 2;
+    for (int64_t d = 0; d < D; d++) {
+        float c = rnd(x[d] * load1(cs, d, t), t);
+        float s = rnd(x[d < half ? d + half : d - half] * load1(sn, d, t), t);
+        tmp[d] = rnd(c + s, t);
+    }
+    memcpy(x, tmp, sizeof(float) * D);
+}
+
+/* inputs of the next products: for bfloat16 also the deinterleaved copy dot_bf16 reads */
+INLINE void prepare(const float *x, float *xp, int64_t M, int64_t K, int t) {
+    if (t == BF16)
+        for (int64_t m = 0; m < M; m++) deinterleave(x + m * K, xp + m * K, K);
+}
+
+INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, int64_t L, void *x, int64_t B,
+                        const void *cos, const void *sin, const int64_t *cst, int64_t slot, int64_t S,
+                        const uint8_t *mask, int64_t mb, int64_t ms, int nthreads, int t) {
+    const int64_t E = sh->hidden, H = sh->heads, KVH = sh->kv_heads, D = sh->head_dim, I = sh->inter;
+    const int64_t NQKV = (H + 2 * KVH) * D, rep = H / KVH, size = t == F32 ? 4 : 2;
+    const int64_t widest = E > I ? (E > H * D ? E : H * D) : (I > H * D ? I : H * D);
+    float *xs = malloc(sizeof(float) * B * (2 * E + widest + NQKV + H * D + I + H * S));
+    float *h = xs + B * E, *hp = h + B * E, *qkv = hp + B * widest, *att = qkv + B * NQKV;
+    float *act = att + B * H * D, *scores = act + B * I;
+    float *hq = t == BF16 ? hp : h, *attq = t == BF16 ? hp : att, *actq = t == BF16 ? hp : act;
+    for (int64_t i = 0; i < B * E; i++) xs[i] = load1(x, i, t);
+
+#pragma omp parallel num_threads(nthreads)
+    for (int64_t l = 0; l < L; l++) {
+        const decoder_layer *ly = layers + l;
+#pragma omp single
+        {
+            for (int64_t m = 0; m < B; m++) norm_row(xs + m * E, ly->in_norm, h + m * E, E, sh->eps, t);
+            prepare(h, hp, B, E, t);
+        }
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < NQKV; n++) {
+            const char *row = (const char *)ly->qkv_w + n * E * size;
+            float b = ly->qkv_b ? load1(ly->qkv_b, n, t) : 0.0f;
+            for (int64_t m = 0; m < B; m++) qkv[m * NQKV + n] = rnd(rowdot(h + m * E, hq + m * E, row, E, t) + b, t);
+        }
+#pragma omp single
+        for (int64_t m = 0; m < B; m++) {
+            float *row = qkv + m * NQKV;
+            for (int64_t j = 0; j < H + KVH; j++) { /* query heads, then key heads */
+                const void *qk_norm = j < H ? ly->q_norm : ly->k_norm;
+                if (qk_norm) norm_row(row + j * D, qk_norm, row + j * D, D, sh->eps, t);
+                rotate(row + j * D, (const char *)cos + m * D * size, (const char *)sin + m * D * size, D, t);
+            }
+            for (int64_t g = 0; g < KVH; g++) {
+                int64_t at = m * cst[0] + g * cst[1] + slot * cst[2];
+                for (int64_t d = 0; d < D; d++) {
+                    store1(ly->k_cache, at + d, row[(H + g) * D + d], t);
+                    store1(ly->v_cache, at + d, row[(H + KVH + g) * D + d], t);
+                }
+            }
+        }
+#pragma omp for schedule(static)
+        for (int64_t bh = 0; bh < B * H; bh++) {
+            const int64_t m = bh / H, g = (bh % H) / rep;
+            const float *q = qkv + m * NQKV + (bh % H) * D;
+            float *p = scores + bh * S, *out = att + bh * D, top = -INFINITY, total = 0.0f;
+            for (int64_t s = 0; s < S; s++) {
+                if (mask && !mask[m * mb + s * ms]) {
+                    p[s] = -INFINITY;
+                    continue;
+                }
+                p[s] = dot(q, (const char *)ly->k_cache + (m * cst[0] + g * cst[1] + s * cst[2]) * size, D, t) *
+                       sh->scaling;
+                if (p[s] > top) top = p[s];
+            }
+            for (int64_t d = 0; d < D; d++) out[d] = 0.0f;
+            if (top == -INFINITY) continue; /* every key masked: zeros */
+            for (int64_t s = 0; s < S; s++) {
+                p[s] = p[s] == -INFINITY ? 0.0f : expf(p[s] - top);
+                total += p[s];
+            }
+            for (int64_t s = 0; s < S; s++) {
+                if (p[s] == 0.0f) continue;
+                const int64_t at = m * cst[0] + g * cst[1] + s * cst[2];
+                const float w = p[s] / total;
+                for (int64_t d = 0; d < D; d++) out[d] += w * load1(ly->v_cache, at + d, t);
+            }
+            for (int64_t d = 0; d < D; d++) out[d] = rnd(out[d], t);
+        }
+#pragma omp single
+        prepare(att, hp, B, H * D, t);
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < E; n++) {
+            const char *row = (const char *)ly->o_w + n * H * D * size;
+            float b = ly->o_b ? load1(ly->o_b, n, t) : 0.0f;
+            for (int64_t m = 0; m < B; m++) {
+                float o = rnd(rowdot(att + m * H * D, attq + m * H * D, row, H * D, t) + b, t);
+                xs[m * E + n] = rnd(xs[m * E + n] + o, t);
+            }
+        }
+#pragma omp single
+        {
+            for (int64_t m = 0; m < B; m++) norm_row(xs + m * E, ly->post_norm, h + m * E, E, sh->eps, t);
+            prepare(h, hp, B, E, t);
+        }
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < I; i++) {
+            const char *gate_row = (const char *)ly->gate_up_w + i * E * size;
+            const char *up_row = (const char *)ly->gate_up_w + (I + i) * E * size;
+            float bg = ly->gate_up_b ? load1(ly->gate_up_b, i, t) : 0.0f;
+            float bu = ly->gate_up_b ? load1(ly->gate_up_b, I + i, t) : 0.0f;
+            for (int64_t m = 0; m < B; m++) {
+                float g = rnd(rowdot(h + m * E, hq + m * E, gate_row, E, t) + bg, t);
+                float u = rnd(rowdot(h + m * E, hq + m * E, up_row, E, t) + bu, t);
+                act[m * I + i] = rnd(rnd(g / (1.0f + expf(-g)), t) * u, t);
+            }
+        }
+#pragma omp single
+        prepare(act, hp, B, I, t);
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < E; n++) {
+            const char *row = (const char *)ly->down_w + n * I * size;
+            float b = ly->down_b ? load1(ly->down_b, n, t) : 0.0f;
+            for (int64_t m = 0; m < B; m++) {
+                float o = rnd(rowdot(act + m * I, actq + m * I, row, I, t) + b, t);
+                xs[m * E + n] = rnd(xs[m * E + n] + o, t);
+            }
+        }
+    }
+    for (int64_t i = 0; i < B * E; i++) store1(x, i, xs[i], t);
+    free(xs);
+}
+
+/* x (B, hidden) of dtype t: the embeddings in, the last layer's output out (before the final norm).
+ * cos, sin: (B, head_dim) for this position. k/v caches: (B, kv_heads, capacity, head_dim) with strides
+ * cache_strides[0..2] (head_dim contiguous), written at `slot`; attention covers slots [0, S).
+ * mask: NULL, or bytes with strides (mb, ms) over (B, S), nonzero where a key may be attended. */
+int autolm_decode(int t, const decoder_shape *shape, const decoder_layer *layers, int64_t L, void *x, int64_t B,
+                  const void *cos, const void *sin, const int64_t *cache_strides, int64_t slot, int64_t S,
+                  const uint8_t *mask, int64_t mb, int64_t ms, int nthreads) {
+    switch (t) {
+    case F32: decode_impl(shape, layers, L, x, B, cos, sin, cache_strides, slot, S, mask, mb, ms, nthreads, F32); return 0;
+    case BF16: decode_impl(shape, layers, L, x, B, cos, sin, cache_strides, slot, S, mask, mb, ms, nthreads, BF16); return 0;
+    case F16: decode_impl(shape, layers, L, x, B, cos, sin, cache_strides, slot, S, mask, mb, ms, nthreads, F16); return 0;
+    }
+    return 1;
+}
