@@ -27,8 +27,8 @@ def use_fast_layout(model: nn.Module, compiled: bool = False) -> None:
     """Re-lay each linear weight in the layout that streams fastest for its dtype and device (in place),
     fusing the projections a module declares in `fusable` (q/k/v, gate/up) into one matrix."""
     done: set[int] = set()
-    on_cpu = any(p.device.type == "cpu" for p in model.parameters())
-    column = not compiled and not (on_cpu and kernels.ensure_loaded())
+    native = any(p.device.type == "cpu" for p in model.parameters()) and kernels.ensure_loaded()
+    column = not compiled and not native
     with torch.no_grad():
         for module in model.modules():
             for name, parts in getattr(module, "fusable", {}).items():

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import torch
 
+from .. import kernels
 from ..configuration import GenerationConfig
 from ..kernels.decoder import NativeDecoder, native_decoder
 from ..kv_cache import DynamicCache, StaticCache
@@ -110,6 +111,8 @@ class _Decoder:
         self.prompt_len = P
         total = P + plan.max_new_tokens
         device = self.device = input_ids.device
+        if device.type == "cpu":
+            kernels.ensure_loaded(compile=False)  # when already built: the prompt's last product uses them
         # all ids so far (the repetition penalty and stop strings read them)
         self.sequences = torch.empty(B, total, dtype=torch.long, device=device)
         self.sequences[:, :P] = input_ids
@@ -202,7 +205,8 @@ def run(model, plan: Plan, scores: list[torch.Tensor] | None = None) -> Iterator
                 return
         if step == 0:  # re-lay the weights for decoding once the first token is out: TTFT does not pay for it
             use_fast_layout(model, compiled=plan.compile)
-            decoder.native = None if plan.compile else native_decoder(model)
+            # autolm's native step when it covers this model (on CPU it beats torch.compile's code too)
+            decoder.native = native_decoder(model)
         with torch.inference_mode():
             decoder.advance(token, step)
 

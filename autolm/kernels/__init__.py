@@ -71,17 +71,22 @@ def unsupported_reason() -> str | None:
     return None
 
 
+def built_path(directory: Path | None = None) -> Path:
+    """Where this version of cpu.c (source, compiler and flags) is built."""
+    compiler = os.environ.get("CC") or "cc"
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
+    return (Path(directory) if directory is not None else kernels_dir()) / f"autolm_cpu-{digest}.so"
+
+
 def build(directory: Path | None = None) -> Path:
     """Compile cpu.c into `directory` (default: kernels_dir()) unless that version is already there.
 
     Raises:
         RuntimeError: no C compiler, or it failed (its output is in the message).
     """
-    source = SOURCE.read_bytes()
     compiler = os.environ.get("CC") or "cc"
-    digest = hashlib.sha256(source + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
-    directory = Path(directory) if directory is not None else kernels_dir()
-    target = directory / f"autolm_cpu-{digest}.so"
+    target = built_path(directory)
+    directory = target.parent
     if target.exists():
         return target
     if shutil.which(compiler) is None:
@@ -103,10 +108,12 @@ def build(directory: Path | None = None) -> Path:
     return target
 
 
-def ensure_loaded() -> bool:
+def ensure_loaded(compile: bool = True) -> bool:
     """Build (once per source version) and load the kernels; True when they are in use.
 
-    A failure is logged once and torch's kernels are used instead.
+    With compile=False, load them only if this version is already built (no compiler run: generation
+    calls this before the prompt, and builds after the first token). A failure is logged once and
+    torch's kernels are used instead.
     """
     global _lib, _tried
     if _lib is not None or _tried:
@@ -114,8 +121,10 @@ def ensure_loaded() -> bool:
     with _lock:
         if _tried:
             return _lib is not None
-        _tried = True
         reason = unsupported_reason()
+        if reason is None and not compile and not built_path().exists():
+            return False
+        _tried = True
         if reason is not None:
             logger.info("autolm native CPU kernels off: %s; decoding uses torch's kernels", reason)
             return False
@@ -148,38 +157,61 @@ def reset() -> None:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`, on the native kernel when it applies: the kernels are loaded, CPU tensors
-    of one dtype (float32, bfloat16 or float16), at most MAX_ROWS rows of x, rows of weight contiguous, no
-    autograd and no torch.compile tracing. Accumulates in float32 and rounds once, as torch does."""
-    lib = _lib
+    """`F.linear(x, weight, bias)`, computed the fastest way for CPU inference:
+
+    - at most MAX_ROWS rows of x (decoding): the native kernel, when loaded (tensors of one dtype among
+      float32/bfloat16/float16, rows of weight contiguous);
+    - more rows in bfloat16/float16 (a prompt): float32 products of the exactly widened tensors, rounded
+      once, which is what torch's half-precision CPU gemm computes, 3-8x slower;
+    - anything else, autograd or torch.compile tracing: `F.linear` itself.
+    """
     if (
-        lib is None
-        or x.device.type != "cpu"
+        x.device.type != "cpu"
+        or weight.device.type != "cpu"
         or x.dtype != weight.dtype
         or x.dtype not in _DTYPES
         or weight.dim() != 2
-        or weight.stride(1) != 1
-        or (bias is not None and (bias.dtype != x.dtype or bias.stride(0) != 1))
+        or x.shape[-1] != weight.shape[1]
+        or (bias is not None and bias.dtype != x.dtype)
         or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         or torch.compiler.is_compiling()
     ):
         return F.linear(x, weight, bias)
     N, K = weight.shape
     M = x.numel() // K if K else 0
-    if M > MAX_ROWS or M == 0 or x.shape[-1] != K or weight.device.type != "cpu":
-        return F.linear(x, weight, bias)
-    x = x.contiguous()
+    lib = _lib
+    if (
+        0 < M <= MAX_ROWS
+        and lib is not None
+        and weight.stride(1) == 1
+        and (bias is None or bias.stride(0) == 1)
+    ):
+        x = x.contiguous()
+        y = torch.empty(*x.shape[:-1], N, dtype=x.dtype)
+        lib.autolm_linear(
+            _DTYPES[x.dtype], x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(),
+            y.data_ptr(), M, N, K, weight.stride(0), torch.get_num_threads(),
+        )  # fmt: skip
+        return y
+    if M > MAX_ROWS and x.dtype != torch.float32:
+        return _half_via_float(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+# float32 copies of at most this many weight elements at a time (16 MB), so a prompt's products never
+# hold a whole float32 copy of a large matrix
+_WIDEN_CHUNK = 1 << 22
+
+
+def _half_via_float(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    N, K = weight.shape
+    xf = x.float()
+    step = max(1, _WIDEN_CHUNK // max(K, 1))
+    if step >= N:
+        return F.linear(xf, weight.float(), None if bias is None else bias.float()).to(x.dtype)
     y = torch.empty(*x.shape[:-1], N, dtype=x.dtype)
-    lib.autolm_linear(
-        _DTYPES[x.dtype],
-        x.data_ptr(),
-        weight.data_ptr(),
-        None if bias is None else bias.data_ptr(),
-        y.data_ptr(),
-        M,
-        N,
-        K,
-        weight.stride(0),
-        torch.get_num_threads(),
-    )
+    for start in range(0, N, step):
+        end = min(N, start + step)
+        part_bias = None if bias is None else bias[start:end].float()
+        y[..., start:end] = F.linear(xf, weight[start:end].float(), part_bias)
     return y

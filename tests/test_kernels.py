@@ -1,0 +1,247 @@
+"""autolm's native CPU kernels: the matrix-vector product and the fused Llama-family decode step.
+
+Built with the machine's C compiler (the CI machine has one, as every machine of this project's kind);
+each product is compared with torch's `F.linear`, each decode step with the model's own torch forward
+and with transformers.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_reference, save_reference
+from generation_helpers import load_both
+
+import autolm
+from autolm import kernels
+from autolm.generation import loop
+from autolm.kernels import decoder
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# one rounding of the result (half precision) or float32 summation-order noise
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 8e-3, torch.float16: 1e-3}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def native():
+    assert kernels.ensure_loaded(), "the native kernels must build here (x86-64 AVX2 + a C compiler)"
+
+
+class Spy:
+    """Counts calls into the native library."""
+
+    def __init__(self, monkeypatch):
+        self.calls: dict[str, int] = {}
+        real = kernels._lib
+
+        spy = self
+
+        class Proxy:
+            def __getattr__(self, name):
+                fn = getattr(real, name)
+
+                def call(*args):
+                    spy.calls[name] = spy.calls.get(name, 0) + 1
+                    return fn(*args)
+
+                return call
+
+        monkeypatch.setattr(kernels, "_lib", Proxy())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rows", [1, 3, kernels.MAX_ROWS])
+@pytest.mark.parametrize("n,k", [(5, 3), (193, 77), (70, 576)])
+def test_linear_matches_torch(dtype, rows, n, k, monkeypatch):
+    spy = Spy(monkeypatch)
+    g = torch.Generator().manual_seed(n * k + rows)
+    x = torch.randn(rows, k, generator=g).to(dtype)
+    wide = torch.randn(n, k + 7, generator=g).to(dtype)
+    weight = wide[:, :k]  # rows contiguous, row stride k + 7
+    bias = torch.randn(n, generator=g).to(dtype)
+    for b in (None, bias):
+        with torch.inference_mode():
+            ours = kernels.linear(x, weight, b)
+        exact = F.linear(x.double(), weight.double(), None if b is None else b.double())
+        assert ours.dtype == dtype and ours.shape == (rows, n)
+        scale = exact.abs().max().item() + 1
+        assert (ours.double() - exact).abs().max().item() <= TOLERANCE[dtype] * scale
+    assert spy.calls["autolm_linear"] == 2
+
+
+def test_linear_keeps_leading_dims_and_falls_back_where_torch_is_better(monkeypatch):
+    spy = Spy(monkeypatch)
+    w = torch.randn(16, 8)
+    x3 = torch.randn(1, 2, 8)
+    with torch.inference_mode():
+        assert kernels.linear(x3, w).shape == (1, 2, 16)
+        many = torch.randn(kernels.MAX_ROWS + 1, 8)
+        assert torch.equal(kernels.linear(many, w), F.linear(many, w))  # gemm territory: torch
+        assert torch.equal(kernels.linear(x3.double(), w.double()), F.linear(x3.double(), w.double()))
+    assert spy.calls == {"autolm_linear": 1}
+    # autograd needs torch's op: with a weight that requires grad the product stays differentiable
+    p = torch.nn.Parameter(w.clone())
+    out = kernels.linear(torch.randn(1, 8), p)
+    out.sum().backward()
+    assert p.grad is not None and spy.calls == {"autolm_linear": 1}
+
+
+def _generate(model, ids, mask, native: bool, monkeypatch, **kwargs):
+    if not native:
+        monkeypatch.setattr(loop, "native_decoder", lambda model: None)
+    out = model.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=12,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+        output_scores=True,
+        return_dict_in_generate=True,
+        **kwargs,
+    )
+    monkeypatch.undo()
+    return out
+
+
+CASES = {
+    "llama-gqa": ("llama", {}),
+    "llama-mha-biases": ("llama", {"num_key_value_heads": 4, "attention_bias": True, "mlp_bias": True}),
+    "llama-mqa": ("llama", {"num_key_value_heads": 1}),
+    "qwen2-bias": ("qwen2", {}),
+    "qwen3-qk-norm": ("qwen3", {}),
+    "mistral-window": ("mistral", {"sliding_window": 6}),
+}
+
+
+def _model_dir(tmp_path, case: str):
+    family, overrides = CASES[case]
+    if family == "mistral":
+        import transformers
+
+        from conftest import TINY
+
+        torch.manual_seed(0)
+        ref = transformers.MistralForCausalLM(transformers.MistralConfig(**TINY, **overrides)).eval()
+    else:
+        ref = make_reference(family, **overrides)
+    with torch.no_grad():
+        for p in ref.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.2)
+    return save_reference(ref, tmp_path / case)
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_native_decode_step_matches_torch_forward(tmp_path, case, dtype, cache, monkeypatch):
+    model = autolm.AutoModelForCausalLM.from_pretrained(_model_dir(tmp_path, case), dtype=dtype)
+    ids = torch.randint(1, 96, (3, 9), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # a left-padded row
+    kwargs = {"cache_implementation": "static"} if cache == "static" else {}
+    spy = Spy(monkeypatch)
+    fast = _generate(model, ids, mask, True, monkeypatch, **kwargs)
+    assert spy.calls.get("autolm_decode") == 11  # every step after the first token
+    slow = _generate(model, ids, mask, False, monkeypatch, **kwargs)
+    assert torch.equal(fast.sequences, slow.sequences)
+    for a, b in zip(fast.scores, slow.scores):
+        finite = torch.isfinite(b)
+        scale = b[finite].abs().max().item()
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        assert (a[finite] - b[finite]).abs().max().item() <= tol * scale
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_native_decode_matches_transformers(tmp_path, dtype):
+    ref = make_reference("llama", vocab_size=320, max_position_embeddings=128)
+    with torch.no_grad():
+        for p in ref.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.2)
+    directory = save_reference(ref, tmp_path / "m")
+    from generation_helpers import write_tokenizer
+
+    write_tokenizer(directory)
+    ours, _, theirs, _ = load_both(directory, dtype)
+    ids = torch.randint(1, 320, (2, 7), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    args = dict(
+        attention_mask=mask, max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0,
+        output_scores=True, return_dict_in_generate=True,
+    )  # fmt: skip
+    a, b = ours.generate(ids, **args), theirs.generate(ids, **args)
+    if dtype == torch.float32:
+        assert torch.equal(a.sequences, b.sequences)
+        steps = len(b.scores)
+    else:
+        # bfloat16 logits of a tiny model tie often, so the two may part at a near-tie: compare the
+        # scores up to the first step where a token differs
+        new = a.sequences[:, 7:] != b.sequences[:, 7:]
+        steps = int(new.any(0).nonzero()[0]) + 1 if new.any() else len(b.scores)
+        assert steps >= 8
+    for x, y in zip(a.scores[:steps], b.scores[:steps]):
+        scale = y.abs().max().item()
+        assert (x - y).abs().max().item() <= (1e-5 if dtype == torch.float32 else 3e-2) * scale
+
+
+def test_native_decoder_declines_what_it_does_not_implement(tmp_path):
+    from autolm.generation.layout import use_fast_layout
+    from autolm.models.llama import LlamaDecoderLayer
+
+    directory = _model_dir(tmp_path, "llama-gqa")
+    model = autolm.AutoModelForCausalLM.from_pretrained(directory)
+    assert decoder.native_decoder(model) is None  # q/k/v and gate/up not fused yet
+    use_fast_layout(model)
+    assert decoder.native_decoder(model) is not None
+
+    handle = model.model.layers[0].mlp.register_forward_hook(lambda *args: None)
+    assert decoder.native_decoder(model) is None  # a hook must run
+    handle.remove()
+
+    class MyLayer(LlamaDecoderLayer):
+        def forward(self, x, *args):
+            return super().forward(x, *args) * 1.0
+
+    model.model.layers[1].__class__ = MyLayer
+    assert decoder.native_decoder(model) is None  # a user's own layer code must run
+    model.model.layers[1].__class__ = LlamaDecoderLayer
+
+    gelu = autolm.AutoModelForCausalLM.from_pretrained(directory, hidden_act="gelu")
+    use_fast_layout(gelu)
+    assert decoder.native_decoder(gelu) is None
+
+
+def _python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=300
+    )
+
+
+def test_build_failure_and_opt_out_fall_back_to_torch(tmp_path):
+    code = (
+        "import logging; logging.basicConfig(level=logging.INFO)\n"
+        "from autolm import kernels; print('loaded', kernels.ensure_loaded())"
+    )
+    broken = _python(code, AUTOLM_HOME=str(tmp_path / "home"), CC="false")
+    assert "loaded False" in broken.stdout, broken.stderr
+    assert "unavailable" in broken.stderr and "false failed" in broken.stderr
+    missing = _python(code, AUTOLM_HOME=str(tmp_path / "home"), CC="no-such-compiler")
+    assert "loaded False" in missing.stdout and "no C compiler" in missing.stderr
+    off = _python(code, AUTOLM_NATIVE_KERNELS="0")
+    assert "loaded False" in off.stdout and "AUTOLM_NATIVE_KERNELS=0" in off.stderr
+    assert not list((tmp_path / "home").rglob("*.so"))  # nothing half-built left behind
+
+
+def test_build_is_cached_per_source_version(tmp_path):
+    first = kernels.build(tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert kernels.build(tmp_path) == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]
