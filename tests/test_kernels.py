@@ -123,7 +123,6 @@ def _model_dir(tmp_path, case: str):
     family, overrides = CASES[case]
     if family == "mistral":
         import transformers
-
         from conftest import TINY
 
         torch.manual_seed(0)
