@@ -4,7 +4,10 @@ Default model: random weights in SmolLM2-135M's shape (Llama: vocab 49152, hidde
 3 kv heads), written once by transformers as safetensors. `--model DIR` or `--gguf PATH` switches to real
 weights. 128 new tokens are forced (eos suppressed), a 38-token prompt, torch.set_num_threads(2).
 
-Run: .venv/bin/python bench/generate.py [--dtypes float32,bfloat16] [--batches 1,8] [--compile]
+compile=True on the CPU takes autolm's native decode step (faster than torch.compile's code there);
+--torch-compile also times compile=True with that step turned off.
+
+Run: .venv/bin/python bench/generate.py [--dtypes float32,bfloat16] [--batches 1,8] [--compile] [--torch-compile]
 """
 
 from __future__ import annotations
@@ -78,9 +81,19 @@ def timed(model, input_ids, new_tokens: int, **kwargs) -> tuple[float, float]:
     return ttft, decode
 
 
-def best_of(runs: int, fn) -> tuple[float, float]:
-    results = [fn() for _ in range(runs)]
-    return min(r[0] for r in results), max(r[1] for r in results)
+def without_native_step(fn):
+    """Run fn with autolm's native decode step turned off (torch.compile's code takes the step)."""
+    from autolm.generation import loop
+
+    def run(*args, **kwargs):
+        saved = loop.native_decoder
+        loop.native_decoder = lambda model: None
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            loop.native_decoder = saved
+
+    return run
 
 
 def load(args, dtype: torch.dtype):
@@ -115,8 +128,11 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-tokens", type=int, default=38)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time autolm with compile=True")
+    parser.add_argument(
+        "--torch-compile", action="store_true", help="also time compile=True with the native step off"
+    )
     parser.add_argument("--skip-reference", action="store_true")
     args = parser.parse_args()
     if args.model is None and args.gguf is None:
@@ -141,17 +157,21 @@ def main() -> None:
         for batch in (int(b) for b in args.batches.split(",")):
             torch.manual_seed(0)
             ids = torch.randint(1, vocab, (batch, args.prompt_tokens))
-            impls = [("autolm", ours, {})]
+            impls = [("autolm", ours, {}, timed)]
             if args.compile:
-                impls.append(("autolm compile", ours, {"compile": True}))
+                impls.append(("autolm compile", ours, {"compile": True}, timed))
+            if args.torch_compile:
+                impls.append(("autolm torch.compile", ours, {"compile": True}, without_native_step(timed)))
             if not args.skip_reference:
-                impls.append(("transformers", ref, {}))
-            results = {}
-            for name, model, kwargs in impls:
-                timed(model, ids, 8, **kwargs)  # warm up (and compile)
-                results[name] = best_of(
-                    args.runs, lambda m=model, k=kwargs, i=ids: timed(m, i, args.new_tokens, **k)
-                )
+                impls.append(("transformers", ref, {}, timed))
+            for _, model, kwargs, run in impls:
+                run(model, ids, 8, **kwargs)  # warm up (and compile)
+            # runs interleaved, best of each: a noisy neighbour slows one run, not one implementation
+            runs = {name: [] for name, *_ in impls}
+            for _ in range(args.runs):
+                for name, model, kwargs, run in impls:
+                    runs[name].append(run(model, ids, args.new_tokens, **kwargs))
+            results = {name: (min(r[0] for r in rs), max(r[1] for r in rs)) for name, rs in runs.items()}
             base = results.get("transformers")
             for name, (ttft, tps) in results.items():
                 ratio = f"{tps / base[1]:.2f}x" if base else "-"
@@ -164,8 +184,9 @@ def main() -> None:
                         f"{tps / LLAMA_CPP[dtype_name]:.2f}"
                     )
             if base:
-                ttft_ratio = results["autolm"][0] / base[0]
-                print(f"{'':34}TTFT autolm / transformers: {ttft_ratio:.2f}")
+                for name in results:
+                    if name != "transformers":
+                        print(f"{'':34}TTFT {name} / transformers: {results[name][0] / base[0]:.2f}")
         del ours, ref
 
 

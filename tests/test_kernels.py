@@ -55,7 +55,7 @@ class Spy:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("rows", [1, 3, kernels.MAX_ROWS])
+@pytest.mark.parametrize("rows", [1, 3, kernels.MAX_ROWS, 23])
 @pytest.mark.parametrize("n,k", [(5, 3), (193, 77), (70, 576)])
 def test_linear_matches_torch(dtype, rows, n, k, monkeypatch):
     spy = Spy(monkeypatch)
@@ -80,10 +80,21 @@ def test_linear_keeps_leading_dims_and_falls_back_where_torch_is_better(monkeypa
     x3 = torch.randn(1, 2, 8)
     with torch.inference_mode():
         assert kernels.linear(x3, w).shape == (1, 2, 16)
-        many = torch.randn(kernels.MAX_ROWS + 1, 8)
+        many = torch.randn(kernels._native_rows(torch.float32, w.numel()) + 1, 8)
         assert torch.equal(kernels.linear(many, w), F.linear(many, w))  # gemm territory: torch
         assert torch.equal(kernels.linear(x3.double(), w.double()), F.linear(x3.double(), w.double()))
     assert spy.calls == {"autolm_linear": 1}
+    # a half-precision prompt beyond the kernel's rows: float32 products, rounded once
+    big = torch.randn(70, 8).bfloat16()
+    with torch.inference_mode():
+        widened = kernels.linear(big, w.bfloat16())
+    assert torch.equal(widened, F.linear(big.float(), w.bfloat16().float()).bfloat16())
+    monkeypatch.setattr(kernels, "_WIDEN_CHUNK", 3 * 8)  # 3 weight rows widened at a time
+    bias = torch.randn(16).bfloat16()
+    with torch.inference_mode():
+        chunked = kernels.linear(big, w.bfloat16(), bias)
+    expected = F.linear(big.float(), w.bfloat16().float(), bias.float()).bfloat16()
+    torch.testing.assert_close(chunked, expected, rtol=8e-3, atol=8e-3)
     # autograd needs torch's op: with a weight that requires grad the product stays differentiable
     p = torch.nn.Parameter(w.clone())
     out = kernels.linear(torch.randn(1, 8), p)
@@ -244,3 +255,13 @@ def test_build_is_cached_per_source_version(tmp_path):
     stamp = first.stat().st_mtime_ns
     assert kernels.build(tmp_path) == first and first.stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name]
+
+
+def test_unwritable_cache_folder_builds_in_the_temp_folder(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    (tmp_path / "tmp").mkdir()
+    code = "from autolm import kernels; print('loaded', kernels.ensure_loaded())"
+    done = _python(code, AUTOLM_HOME=str(blocker), TMPDIR=str(tmp_path / "tmp"))
+    assert "loaded True" in done.stdout, done.stderr
+    assert list((tmp_path / "tmp").rglob("autolm_cpu-*.so"))

@@ -19,6 +19,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -30,7 +31,8 @@ logger = logging.getLogger("autolm")
 SOURCE = Path(__file__).with_name("cpu.c")
 # -ffp-contract=off: no fused multiply-adds beyond the explicit ones, so elementwise ops round as torch's
 FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC"]
-# Beyond this many rows of x, torch's gemm (which reuses each weight tile across rows) is faster.
+# Rows (batch size) up to which decoding takes the native step; beyond, torch's gemm reuses each weight
+# tile across rows better.
 MAX_ROWS = 8
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
@@ -92,6 +94,7 @@ def build(directory: Path | None = None) -> Path:
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C compiler: {compiler!r} is not on PATH (set CC to one)")
     directory.mkdir(parents=True, exist_ok=True)
+    logger.info("building autolm's native CPU kernels into %s (once per version)", target)
     partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         done = subprocess.run(
@@ -129,7 +132,11 @@ def ensure_loaded(compile: bool = True) -> bool:
             logger.info("autolm native CPU kernels off: %s; decoding uses torch's kernels", reason)
             return False
         try:
-            lib = ctypes.CDLL(str(build()))  # torch is imported first, so its libgomp is the one used
+            try:
+                path = build()
+            except OSError:  # the cache folder is not writable: build in the temp folder instead
+                path = build(Path(tempfile.gettempdir()) / f"autolm-kernels-{os.getuid()}")
+            lib = ctypes.CDLL(str(path))  # torch is imported first, so its libgomp is the one used
             for name, argtypes in _SIGNATURES.items():
                 getattr(lib, name).argtypes = argtypes
                 getattr(lib, name).restype = ctypes.c_int
@@ -159,8 +166,8 @@ def reset() -> None:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)`, computed the fastest way for CPU inference:
 
-    - at most MAX_ROWS rows of x (decoding): the native kernel, when loaded (tensors of one dtype among
-      float32/bfloat16/float16, rows of weight contiguous);
+    - few rows of x (decoding, short prompts; see _native_rows): the native kernel, when loaded (tensors
+      of one dtype among float32/bfloat16/float16, rows of weight contiguous);
     - more rows in bfloat16/float16 (a prompt): float32 products of the exactly widened tensors, rounded
       once, which is what torch's half-precision CPU gemm computes, 3-8x slower;
     - anything else, autograd or torch.compile tracing: `F.linear` itself.
@@ -181,7 +188,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     M = x.numel() // K if K else 0
     lib = _lib
     if (
-        0 < M <= MAX_ROWS
+        0 < M <= _native_rows(x.dtype, N * K)
         and lib is not None
         and weight.stride(1) == 1
         and (bias is None or bias.stride(0) == 1)
@@ -196,6 +203,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if M > MAX_ROWS and x.dtype != torch.float32:
         return _half_via_float(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def _native_rows(dtype: torch.dtype, size: int) -> int:
+    """Up to how many rows of x the native kernel beats the alternative (bench/matvec.py, prompts of
+    16-38 tokens): always for half precision below 64 rows (torch's path widens the weights first);
+    for float32, MKL's gemm catches up around 32 rows, except on large matrices, where the kernel's
+    single pass over the weights still wins."""
+    if dtype != torch.float32 or size >= 1 << 22:
+        return 64
+    return 24
 
 
 # float32 copies of at most this many weight elements at a time (16 MB), so a prompt's products never
