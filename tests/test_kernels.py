@@ -265,3 +265,16 @@ def test_unwritable_cache_folder_builds_in_the_temp_folder(tmp_path):
     done = _python(code, AUTOLM_HOME=str(blocker), TMPDIR=str(tmp_path / "tmp"))
     assert "loaded True" in done.stdout, done.stderr
     assert list((tmp_path / "tmp").rglob("autolm_cpu-*.so"))
+
+
+def test_static_cache_keeps_the_sliding_window(tmp_path):
+    import transformers
+
+    directory = _model_dir(tmp_path, "mistral-window")
+    ours = autolm.AutoModelForCausalLM.from_pretrained(directory)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
+    ids = torch.randint(1, 96, (1, 9), generator=torch.Generator().manual_seed(3))
+    args = dict(max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    expected = theirs.generate(ids, **args)
+    assert torch.equal(ours.generate(ids, **args), expected)
+    assert torch.equal(ours.generate(ids, cache_implementation="static", **args), expected)

@@ -167,6 +167,9 @@ class _Decoder:
         model, cache = self.model, self.cache
         if self.plan.static_cache:
             self.valid[:, length] = True
+            window = getattr(model.config, "attention_window", None)
+            if window is not None and length >= window:  # sliding window: slots too old drop out
+                self.valid[:, : length - window + 1] = False
             # set before the call too, so a compiled step always finds a (1,) tensor there
             cache.cache_position = slot = torch.tensor([length], device=self.device)
             native = self.native and self.native.step(token, self.next_position, self.step_mask, cache, slot)
