@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +126,10 @@ def test_chat_in_a_terminal():
         child.sendline("/reset")
         child.expect_exact("conversation cleared")
         child.expect_exact(">>> ")
-        child.sendintr()  # Ctrl-C at the prompt keeps the session
+        # Ctrl-C at an idle prompt keeps the session. Wait until readline is reading: a SIGINT that lands
+        # between the prompt being written and readline's wait is only seen at the next keypress.
+        time.sleep(1.0)
+        child.sendintr()
         child.expect_exact(">>> ")
         child.sendline("/exit")
         child.expect(pexpect.EOF)
