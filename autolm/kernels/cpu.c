@@ -260,6 +260,28 @@ INLINE void prepare(const float *x, float *xp, int64_t M, int64_t K, int t) {
         for (int64_t m = 0; m < M; m++) deinterleave(x + m * K, xp + m * K, K);
 }
 
+/* RMSNorm of B residual rows into h, then the product inputs (one thread: called inside `omp single`) */
+INLINE void norm_rows(const float *xs, const void *w, float *h, float *hp, int64_t B, int64_t E, float eps, int t) {
+    for (int64_t m = 0; m < B; m++) norm_row(xs + m * E, w, h + m * E, E, eps, t);
+    prepare(h, hp, B, E, t);
+}
+
+/* xs += rnd(in W^T + b) row by row, W (E, K): the residual add after o_proj and down_proj. An orphaned
+ * `omp for`: called inside the parallel region, the rows split over its threads. */
+INLINE void add_product(float *xs, const float *in, const float *inq, const void *w, const void *bias, int64_t B,
+                        int64_t E, int64_t K, int t) {
+    const int64_t size = t == F32 ? 4 : 2;
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < E; n++) {
+        const char *row = (const char *)w + n * K * size;
+        float b = bias ? load1(bias, n, t) : 0.0f;
+        for (int64_t m = 0; m < B; m++) {
+            float o = rnd(rowdot(in + m * K, inq + m * K, row, K, t) + b, t);
+            xs[m * E + n] = rnd(xs[m * E + n] + o, t);
+        }
+    }
+}
+
 INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, int64_t L, void *x, int64_t B,
                         const void *cos, const void *sin, const int64_t *cst, int64_t slot, int64_t S,
                         const uint8_t *mask, int64_t mb, int64_t ms, int nthreads, int t) {
@@ -276,10 +298,7 @@ INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, in
     for (int64_t l = 0; l < L; l++) {
         const decoder_layer *ly = layers + l;
 #pragma omp single
-        {
-            for (int64_t m = 0; m < B; m++) norm_row(xs + m * E, ly->in_norm, h + m * E, E, sh->eps, t);
-            prepare(h, hp, B, E, t);
-        }
+        norm_rows(xs, ly->in_norm, h, hp, B, E, sh->eps, t);
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < NQKV; n++) {
             const char *row = (const char *)ly->qkv_w + n * E * size;
@@ -332,20 +351,9 @@ INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, in
         }
 #pragma omp single
         prepare(att, hp, B, H * D, t);
-#pragma omp for schedule(static)
-        for (int64_t n = 0; n < E; n++) {
-            const char *row = (const char *)ly->o_w + n * H * D * size;
-            float b = ly->o_b ? load1(ly->o_b, n, t) : 0.0f;
-            for (int64_t m = 0; m < B; m++) {
-                float o = rnd(rowdot(att + m * H * D, attq + m * H * D, row, H * D, t) + b, t);
-                xs[m * E + n] = rnd(xs[m * E + n] + o, t);
-            }
-        }
+        add_product(xs, att, attq, ly->o_w, ly->o_b, B, E, H * D, t);
 #pragma omp single
-        {
-            for (int64_t m = 0; m < B; m++) norm_row(xs + m * E, ly->post_norm, h + m * E, E, sh->eps, t);
-            prepare(h, hp, B, E, t);
-        }
+        norm_rows(xs, ly->post_norm, h, hp, B, E, sh->eps, t);
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < I; i++) {
             const char *gate_row = (const char *)ly->gate_up_w + i * E * size;
@@ -360,15 +368,7 @@ INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, in
         }
 #pragma omp single
         prepare(act, hp, B, I, t);
-#pragma omp for schedule(static)
-        for (int64_t n = 0; n < E; n++) {
-            const char *row = (const char *)ly->down_w + n * I * size;
-            float b = ly->down_b ? load1(ly->down_b, n, t) : 0.0f;
-            for (int64_t m = 0; m < B; m++) {
-                float o = rnd(rowdot(act + m * I, actq + m * I, row, I, t) + b, t);
-                xs[m * E + n] = rnd(xs[m * E + n] + o, t);
-            }
-        }
+        add_product(xs, act, actq, ly->down_w, ly->down_b, B, E, I, t);
     }
     for (int64_t i = 0; i < B * E; i++) store1(x, i, xs[i], t);
     free(xs);
