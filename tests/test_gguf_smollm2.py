@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from autolm.defaults import default_gguf_path
 from autolm.errors import ModelNotFoundError
 from autolm.gguf import (
     config_from_gguf,
-    default_gguf_path,
     gguf_tokenizer_parts,
     iter_gguf_tensors,
     read_gguf,

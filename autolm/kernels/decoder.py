@@ -147,7 +147,7 @@ class NativeDecoder:
     def step(self, token, position_ids, attention_mask, cache, cache_position=None) -> torch.Tensor | None:
         """Logits (B, vocab) float32 for one new token per row, as `decode_one_token`; None when this
         call does not fit the native step (the caller then runs the model)."""
-        from ..kv_cache import DynamicCache, StaticCache
+        from ..models.cache import DynamicCache, StaticCache
         from ..models.layers import causal_mask
 
         B = token.shape[0]

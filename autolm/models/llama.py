@@ -12,8 +12,8 @@ from torch import nn
 
 from ..configuration import PretrainedConfig
 from ..kernels import MAX_ROWS, linear
-from ..kv_cache import DynamicCache
 from ..modeling_utils import ModelOutput, PreTrainedModel
+from .cache import DynamicCache
 from .layers import Linear, RMSNorm, RotaryEmbedding, activation, apply_rotary, attention, causal_mask
 
 

@@ -1,6 +1,6 @@
 """`chat(model, tokenizer, query, history)`: one turn of a multi-turn conversation, for any chat template.
 
-The module is not named chat.py: importing `autolm.chat` as a module would shadow the `autolm.chat` function.
+(`autolm.chat` is the function; this module is `autolm.generation.chat`.)
 
 The Qwen-7B-Chat `model.chat` pattern as a plain function: it returns the reply and the history to pass
 to the next turn.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ChatTemplateError
+from ..errors import ChatTemplateError
 
 Message = dict[str, Any]
 

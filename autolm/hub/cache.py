@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .hub import hub_settings
+from . import hub_settings
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
@@ -139,7 +139,7 @@ def verify(cache_dir: Path | None = None, repo_id: str | None = None) -> list[Pr
 
 
 def _listing_sizes(folder: Path, commit: str) -> dict[str, int]:
-    from .hub.hf import read_tree
+    from .hf import read_tree
 
     return {k: v for k, v in (read_tree(folder, commit) or {}).items() if v is not None}
 

@@ -9,11 +9,11 @@ import argparse
 import fnmatch
 import sys
 
-from .errors import AutolmError
+from ..errors import AutolmError
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .hub import open_repo
+    from ..hub import open_repo
 
     repo = open_repo(
         args.model,
@@ -43,7 +43,7 @@ def _size(n: int) -> str:
 
 
 def cmd_cache_ls(args: argparse.Namespace) -> int:
-    from . import cache
+    from ..hub import cache
 
     repos = cache.scan(args.cache_dir)
     if not repos:
@@ -61,7 +61,7 @@ def cmd_cache_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_verify(args: argparse.Namespace) -> int:
-    from . import cache
+    from ..hub import cache
 
     problems = cache.verify(args.cache_dir, args.model)
     for p in problems:
@@ -76,7 +76,7 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_rm(args: argparse.Namespace) -> int:
-    from . import cache
+    from ..hub import cache
 
     freed = cache.remove(args.model, args.revision, args.cache_dir)
     print(f"Removed {args.model}{'@' + args.revision if args.revision else ''}: freed {_size(freed)}.")
@@ -84,25 +84,25 @@ def cmd_cache_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .cli_run import run_generate
+    from .run import run_generate
 
     return run_generate(args)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from .cli_run import run_chat
+    from .run import run_chat
 
     return run_chat(args)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .cli_run import run_inspect
+    from .run import run_inspect
 
     return run_inspect(args)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .remote_code import export
+    from ..remote_code import export
 
     manifest = export(
         args.model,
@@ -128,7 +128,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .remote_code import verify
+    from ..remote_code import verify
 
     problems = verify(args.directory)
     for line in problems:
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     for q in (ls, verify, rm):
         q.add_argument("--cache-dir")
 
-    from .cli_run import add_run_commands  # parsers only: torch loads when a command runs
+    from .run import add_run_commands  # parsers only: torch loads when a command runs
 
     add_run_commands(sub, {"generate": cmd_generate, "chat": cmd_chat, "inspect": cmd_inspect})
     return parser

@@ -47,7 +47,7 @@ def setup(args: argparse.Namespace) -> None:
     root.setLevel(level)
     root.propagate = False
     if args.quiet:
-        from .hub import disable_progress_bars
+        from ..hub import disable_progress_bars
 
         disable_progress_bars()
 
@@ -56,7 +56,7 @@ def resolve_model(args: argparse.Namespace) -> str:
     """The model argument, or the default model's path (announced on stderr)."""
     if args.model:
         return args.model
-    from .defaults import DEFAULT_MODEL_DESCRIPTION, default_model_path
+    from ..defaults import DEFAULT_MODEL_DESCRIPTION, default_model_path
 
     path = default_model_path()
     _info(args, f"No model given; using the default model {DEFAULT_MODEL_DESCRIPTION}: {path}")
@@ -65,8 +65,8 @@ def resolve_model(args: argparse.Namespace) -> str:
 
 def load(args: argparse.Namespace) -> tuple[Any, Any]:
     """Model and tokenizer for `args.model` (or the default); reports the load time on stderr."""
-    from .auto import AutoModelForCausalLM
-    from .tokenization import AutoTokenizer
+    from ..auto import AutoModelForCausalLM
+    from ..tokenization import AutoTokenizer
 
     name = resolve_model(args)
     start = time.perf_counter()
@@ -109,7 +109,7 @@ class Reply:
 def _stdout_streamer(tokenizer):
     """A `TextStreamer` printing to stdout (flushed per word) that also keeps the text in `.parts`.
     Built on call: the generation package imports torch, which `autolm cache` should not pay for."""
-    from .generation import TextStreamer
+    from ..generation import TextStreamer
 
     class StdoutStreamer(TextStreamer):
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
@@ -126,7 +126,7 @@ def stream_reply(model, tokenizer, input_ids, settings: dict[str, Any]) -> Reply
 
     Ctrl-C stops the reply; what was generated so far is returned with `interrupted=True`.
     """
-    from .generation import generate_tokens
+    from ..generation import generate_tokens
 
     streamer = _stdout_streamer(tokenizer)
     start = time.perf_counter()
@@ -165,7 +165,7 @@ def run_generate(args: argparse.Namespace) -> int:
     model, tokenizer = load(args)
     use_chat = args.chat if args.chat is not None else bool(tokenizer.chat_template)
     if use_chat and not tokenizer.chat_template:
-        from .errors import ChatTemplateError
+        from ..errors import ChatTemplateError
 
         raise ChatTemplateError(
             f"{args.model or 'The model'} has no chat template, so --chat cannot apply one. "
@@ -193,7 +193,7 @@ def run_chat(args: argparse.Namespace) -> int:
     setup(args)
     model, tokenizer = load(args)
     if not tokenizer.chat_template:
-        from .errors import ChatTemplateError
+        from ..errors import ChatTemplateError
 
         raise ChatTemplateError(
             f"{args.model or 'The model'} has no chat template, so it cannot hold a conversation. "
@@ -284,7 +284,7 @@ def _tokenizer_kind(tokenizer) -> str:
 
 def _custom_code(repo) -> str:
     """Whether the repo ships its own model code: its files, pin and the packages it lacks."""
-    from .remote_code import describe_remote_code
+    from ..remote_code import describe_remote_code
 
     code = describe_remote_code(repo)
     if code is None:
@@ -303,7 +303,7 @@ def _custom_code(repo) -> str:
 
 def run_inspect(args: argparse.Namespace) -> int:
     setup(args)
-    from .hub import open_repo
+    from ..hub import open_repo
 
     name = resolve_model(args)
     path = Path(name).expanduser()
@@ -338,7 +338,7 @@ def _tokenizer_rows(tokenizer) -> list[tuple[str, str]]:
 
 
 def _inspect_gguf(path: Path) -> list[tuple[str, str]]:
-    from .gguf import config_from_gguf, read_gguf, tokenizer_from_gguf
+    from ..gguf import config_from_gguf, read_gguf, tokenizer_from_gguf
 
     gguf = read_gguf(path)
     config = config_from_gguf(gguf)
@@ -360,9 +360,9 @@ def _inspect_gguf(path: Path) -> list[tuple[str, str]]:
 
 
 def _inspect_repo(repo) -> list[tuple[str, str]]:
-    from . import models
-    from .configuration import PretrainedConfig
-    from .errors import AutolmError
+    from .. import models
+    from ..configuration import PretrainedConfig
+    from ..errors import AutolmError
 
     files = repo.list_files()
     config, _ = PretrainedConfig.get_config_dict(str(repo.local_dir or repo.name))
@@ -396,7 +396,7 @@ def _inspect_repo(repo) -> list[tuple[str, str]]:
         ("files", "\n".join(listing) or "  (none)"),
     ]
     try:
-        from .tokenization import AutoTokenizer
+        from ..tokenization import AutoTokenizer
 
         rows += _tokenizer_rows(AutoTokenizer.from_pretrained(str(local or repo.name)))
     except AutolmError as error:
@@ -409,7 +409,7 @@ def _meta_parameters(config: dict) -> str:
     """Parameter count of a model built on the meta device (no weights read)."""
     import torch
 
-    from .auto import AutoConfig, AutoModelForCausalLM
+    from ..auto import AutoConfig, AutoModelForCausalLM
 
     config_object = AutoConfig.for_model(
         config["model_type"], **{k: v for k, v in config.items() if k != "model_type"}
