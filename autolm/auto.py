@@ -16,8 +16,8 @@ def _model_type_of(config_dict: dict) -> str:
     model_type = config_dict.get("model_type")
     if not model_type:
         for arch in config_dict.get("architectures") or []:
-            if arch in models.ARCHITECTURES:
-                return models.ARCHITECTURES[arch]
+            if arch in models.architectures():
+                return models.architectures()[arch]
         source = config_dict.get("_source_file", "the config")
         raise UnsupportedModelError(
             f"{source} has no model_type, and its architectures {config_dict.get('architectures')} are not "

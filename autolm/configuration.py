@@ -99,6 +99,30 @@ class PretrainedConfig:
     def torch_dtype(self):
         return getattr(self, "dtype", None)
 
+    # --- per-layer attention ----------------------------------------------------------------------
+
+    # The window size of "sliding_attention" layers (None: no window). Families set it from their keys.
+    attention_window: int | None = None
+
+    @property
+    def layer_types(self) -> list[str]:
+        """ "full_attention" / "sliding_attention" per layer: config.json's own list when it has one, else
+        derived from the family's legacy keys (`_derived_layer_types`), as transformers derives it."""
+        explicit = self.__dict__.get("_layer_types")
+        if explicit is not None and self._reads_layer_types:
+            return explicit
+        return self._derived_layer_types()
+
+    @layer_types.setter
+    def layer_types(self, value: list[str] | None) -> None:
+        self.__dict__["_layer_types"] = None if value is None else list(value)
+
+    # False for families whose transformers code ignores a `layer_types` key (kept in the file all the same)
+    _reads_layer_types = True
+
+    def _derived_layer_types(self) -> list[str]:
+        return ["full_attention"] * int(getattr(self, "num_hidden_layers", 0) or 0)
+
     @torch_dtype.setter
     def torch_dtype(self, value) -> None:
         self.dtype = value
@@ -175,6 +199,8 @@ class PretrainedConfig:
             out[key] = copy.deepcopy(value)
         if out.get("dtype") is not None:
             out["torch_dtype"] = out["dtype"]  # transformers 4 reads this spelling, 5 the other
+        if self.__dict__.get("_layer_types") is not None:
+            out["layer_types"] = list(self.__dict__["_layer_types"])
         out["id2label"] = {str(k): v for k, v in self.id2label.items()}
         out["model_type"] = self.model_type or out.get("model_type", "")
         return out

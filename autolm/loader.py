@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import kernels
 from .configuration import GENERATION_CONFIG_NAME, GenerationConfig, PretrainedConfig, read_json
 from .errors import CheckpointError
 from .hub import open_repo, pop_hub_kwargs
@@ -115,8 +116,13 @@ def load_pretrained(
     target_dtype = resolve_dtype(target_dtype, config, state_dict)
     device = resolve_device(device_map)
 
+    if device.type == "cpu":
+        kernels.build_in_background()  # compiles while the weights load, when this version is not built
+
     with _empty_weights(cls), _skip_init():
         model = cls(config, *model_args)
+    if isinstance(model, PreTrainedModel):
+        state_dict = model.sanitize(state_dict)  # the family's checkpoint names and layouts -> its own
     info = assign_weights(model, state_dict, target_dtype, device, ignore_mismatched_sizes, strict)
     del state_dict
     if not isinstance(model, PreTrainedModel):

@@ -111,6 +111,11 @@ class PreTrainedModel(nn.Module):
             elif hasattr(module, "variance_epsilon") and hasattr(module, "weight"):
                 module.weight.fill_(1.0)
 
+    def sanitize(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Family hook: turn a checkpoint's names and layouts into this model's (fused qkv split, stacked
+        experts, Conv1D transposed, TF names...), so the loader stays generic. Default: as it is."""
+        return state_dict
+
     def post_init(self) -> None:
         """Called by some subclasses at the end of __init__ (transformers' habit); nothing to do here."""
 

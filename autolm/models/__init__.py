@@ -1,31 +1,58 @@
-"""The registry: plain data from `model_type` to the family module and its classes, imported lazily.
+"""The registry: plain data from `model_type` to the family module, its config class and the classes of
+the tasks it really has, imported lazily.
 
-Tasks: "config", "base" (AutoModel), "causal_lm" (AutoModelForCausalLM),
-"sequence_classification" (AutoModelForSequenceClassification).
+Tasks: "base" (AutoModel), "causal_lm" (AutoModelForCausalLM), "sequence_classification"
+(AutoModelForSequenceClassification). Adding a family is one file in this folder plus one entry here;
+nothing outside `models/` names a family (GGUF's name tables are plain data keyed by architecture).
 """
 
 from __future__ import annotations
 
 import importlib
 
-_TASKS = ("config", "base", "causal_lm", "sequence_classification")
+from ..errors import UnsupportedModelError
 
+TASKS = ("base", "causal_lm", "sequence_classification")
 
-def _family(module: str, prefix: str, config: str | None = None) -> dict[str, str]:
-    return {
-        "module": module,
-        "config": config or f"{prefix}Config",
-        "base": f"{prefix}Model",
-        "causal_lm": f"{prefix}ForCausalLM",
-        "sequence_classification": f"{prefix}ForSequenceClassification",
-    }
-
-
-MODELS: dict[str, dict[str, str]] = {
-    "llama": _family("llama", "Llama"),
-    "mistral": _family("llama", "Llama", config="MistralConfig"),
-    "qwen2": _family("qwen2", "Qwen2"),
-    "qwen3": _family("qwen3", "Qwen3"),
+MODELS: dict[str, dict] = {
+    "llama": {
+        "module": "llama",
+        "config": "LlamaConfig",
+        "tasks": {
+            "base": "LlamaModel",
+            "causal_lm": "LlamaForCausalLM",
+            "sequence_classification": "LlamaForSequenceClassification",
+        },
+    },
+    "mistral": {
+        "module": "llama",
+        "config": "MistralConfig",
+        "tasks": {
+            "base": "LlamaModel",
+            "causal_lm": "LlamaForCausalLM",
+            "sequence_classification": "LlamaForSequenceClassification",
+        },
+        # checkpoints saved as Mistral* name these
+        "architectures": ["MistralModel", "MistralForCausalLM", "MistralForSequenceClassification"],
+    },
+    "qwen2": {
+        "module": "qwen2",
+        "config": "Qwen2Config",
+        "tasks": {
+            "base": "Qwen2Model",
+            "causal_lm": "Qwen2ForCausalLM",
+            "sequence_classification": "Qwen2ForSequenceClassification",
+        },
+    },
+    "qwen3": {
+        "module": "qwen3",
+        "config": "Qwen3Config",
+        "tasks": {
+            "base": "Qwen3Model",
+            "causal_lm": "Qwen3ForCausalLM",
+            "sequence_classification": "Qwen3ForSequenceClassification",
+        },
+    },
 }
 
 # Other spellings of a supported type (checkpoints in the wild use these).
@@ -38,17 +65,14 @@ ALIASES: dict[str, str] = {
     "llama3": "llama",
 }
 
-# `architectures` entries -> model_type, for configs without `model_type`.
-ARCHITECTURES: dict[str, str] = {
-    f"{prefix}{suffix}": model_type
-    for model_type, prefix in (
-        ("llama", "Llama"),
-        ("mistral", "Mistral"),
-        ("qwen2", "Qwen2"),
-        ("qwen3", "Qwen3"),
-    )
-    for suffix in ("Model", "ForCausalLM", "ForSequenceClassification")
-}
+
+def architectures() -> dict[str, str]:
+    """`architectures` entries -> model_type, for configs without `model_type` (derived from MODELS)."""
+    table: dict[str, str] = {}
+    for model_type, entry in MODELS.items():
+        for name in [*entry["tasks"].values(), *entry.get("architectures", ())]:
+            table.setdefault(name, model_type)
+    return table
 
 
 def supported_model_types() -> list[str]:
@@ -60,8 +84,26 @@ def canonical_model_type(model_type: str) -> str | None:
     return model_type if model_type in MODELS else None
 
 
+def tasks_of(model_type: str) -> list[str]:
+    return list(MODELS[canonical_model_type(model_type)]["tasks"])
+
+
 def get_class(model_type: str, task: str):
-    """The class for `task` of a built-in `model_type` (imports the family module on first use)."""
-    entry = MODELS[canonical_model_type(model_type)]
+    """The class for `task` ("config" or one of TASKS) of a built-in `model_type`, importing the family
+    module on first use.
+
+    Raises:
+        UnsupportedModelError: the family has no class for `task` (the message names the tasks it has).
+    """
+    canonical = canonical_model_type(model_type)
+    entry = MODELS[canonical]
+    if task == "config":
+        name = entry["config"]
+    elif task in entry["tasks"]:
+        name = entry["tasks"][task]
+    else:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} has no {task} model; its tasks are: {', '.join(entry['tasks'])}."
+        )
     module = importlib.import_module(f".{entry['module']}", __name__)
-    return getattr(module, entry[task])
+    return getattr(module, name)

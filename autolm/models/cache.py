@@ -38,9 +38,9 @@ class DynamicCache:
                 self._grow(i, 2 * length)
         return self._keys, self._values
 
-    def advance(self, n: int) -> None:
-        """Count `n` more positions as written in every layer."""
-        self._len = [length + n for length in self._len]
+    def advance_to(self, length: int) -> None:
+        """Count positions [0, length) as written in every layer (after `reserve` and a direct write)."""
+        self._len = [length] * len(self._len)
 
     def _grow(self, layer_idx: int, capacity: int) -> None:
         for store in (self._keys, self._values):
@@ -115,9 +115,13 @@ class StaticCache:
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self._seen
 
-    def mark_written(self, slot: int) -> None:
-        """Record that every layer's `slot` was written directly (the native decode step)."""
-        self._seen = max(self._seen, slot + 1)
+    def reserve(self, length: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The whole buffers, for a writer that fills slots itself (the native decode step)."""
+        return self.keys, self.values
+
+    def advance_to(self, length: int) -> None:
+        """Record that every layer's slots below `length` were written directly."""
+        self._seen = max(self._seen, length)
 
     def reset(self) -> None:
         """Forget the contents (the buffers are reused, so a compiled step keeps its graph)."""

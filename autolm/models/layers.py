@@ -182,18 +182,26 @@ def causal_mask(
     kv_len: int,
     device: torch.device,
     sliding_window: int | None = None,
+    cache_position: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """Boolean (B or 1, 1, q_len, kv_len) mask, True where a query may attend; None when plain causal works.
+    """Boolean (B or 1, 1, q_len, kv_len) mask, True where a query may attend; None when plain causal
+    attention (`is_causal`) computes the same.
 
-    Queries sit at positions past_len .. past_len + q_len - 1. `attention_mask` is the usual (B, >= kv_len)
-    1/0 padding mask over the positions seen so far. kv_len > past_len + q_len for a static cache, whose
-    unwritten slots the causal rule hides.
+    Queries sit at positions past_len .. past_len + q_len - 1, or at the slots `cache_position` of a
+    static cache (kv_len = its length; then the mask is always built, from tensors only, so a compiled
+    step never reads a tensor into Python). `attention_mask` is the usual (B, >= kv_len) 1/0 mask over
+    the slots seen so far; a static cache's unwritten slots are hidden by the causal rule.
+    `sliding_window`: a query sees only the last `sliding_window` slots (itself included).
     """
-    padded = attention_mask is not None and not bool(attention_mask[:, :kv_len].all())
-    plain = kv_len == past_len + q_len and (q_len == 1 or past_len == 0)
-    if plain and not padded and (sliding_window is None or kv_len <= sliding_window):
-        return None  # sdpa's is_causal, or no mask at all for one new token
-    q_pos = torch.arange(past_len, past_len + q_len, device=device)[:, None]
+    if cache_position is None:
+        padded = attention_mask is not None and not bool(attention_mask[:, :kv_len].all())
+        plain = kv_len == past_len + q_len and (q_len == 1 or past_len == 0)
+        if plain and not padded and (sliding_window is None or kv_len <= sliding_window):
+            return None  # sdpa's is_causal, or no mask at all for one new token
+        q_pos = torch.arange(past_len, past_len + q_len, device=device)[:, None]
+    else:
+        padded = attention_mask is not None
+        q_pos = cache_position.to(device)[:, None]
     k_pos = torch.arange(kv_len, device=device)[None, :]
     mask = k_pos <= q_pos
     if sliding_window is not None:
@@ -208,6 +216,40 @@ def causal_mask(
     return mask
 
 
+def attention_masks(
+    config,
+    attention_mask: torch.Tensor | None,
+    past_len: int,
+    q_len: int,
+    kv_len: int,
+    device: torch.device,
+    cache_position: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor | None]:
+    """One mask per attention type the config's layers use (`config.layer_types`), built once per
+    forward: {"full_attention": ..., "sliding_attention": ...}; each layer takes its own.
+
+    A ready-made 4D mask (the caller's own) serves every layer as it is.
+    """
+    types = set(config.layer_types)
+    if attention_mask is not None and attention_mask.dim() == 4:
+        return dict.fromkeys(
+            types, attention_mask.bool() if attention_mask.dtype != torch.bool else attention_mask
+        )
+    window = config.attention_window
+    return {
+        kind: causal_mask(
+            attention_mask,
+            past_len,
+            q_len,
+            kv_len,
+            device,
+            window if kind == "sliding_attention" else None,
+            cache_position,
+        )
+        for kind in types
+    }
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -215,22 +257,28 @@ def attention(
     mask: torch.Tensor | None,
     scaling: float,
     implementation: str = "sdpa",
+    is_causal: bool = False,
 ) -> torch.Tensor:
-    """q: (B, H, T, D); k, v: (B, KVH, S, D). Returns (B, T, H, D)."""
+    """q: (B, H, T, D); k, v: (B, KVH, S, D). Returns (B, T, H, D).
+
+    `mask`: None, a boolean mask (True where a query may attend) or a float bias added to the scores
+    (e.g. T5's relative positions), broadcastable to (B, H, T, S). `is_causal`: with no mask, queries
+    attend causally (the last T of S positions); without it, a None mask means every key is seen.
+    """
     n_rep = q.shape[1] // k.shape[1]
     q_len, kv_len = q.shape[2], k.shape[2]
+    causal = is_causal and mask is None and q_len > 1
     if implementation == "eager":
         if n_rep > 1:
             k = k.repeat_interleave(n_rep, dim=1)
             v = v.repeat_interleave(n_rep, dim=1)
         scores = torch.matmul(q, k.transpose(2, 3)) * scaling
-        if mask is None and q_len > 1:  # the plain causal case sdpa would take with is_causal
+        if causal:
             mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=q.device).tril(kv_len - q_len)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        scores = _apply_mask(scores, mask)
         probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         out = torch.matmul(probs, v)
-    elif q_len == 1:
+    elif q_len == 1 and not causal:
         # One new token (decoding): two small matmuls per kv head group. sdpa's CPU kernel costs
         # milliseconds per call here, more than the layer's weights take to stream.
         B, H, _, D = q.shape
@@ -240,13 +288,43 @@ def attention(
             q, k, v = q.float(), k.float(), v.float()
         q = q.reshape(B, k.shape[1], n_rep, D)  # (B, kv_heads, heads per kv head, D)
         scores = torch.matmul(q, k.transpose(2, 3)) * scaling  # (B, kv_heads, n_rep, S)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        if mask is not None and mask.dtype != torch.bool and mask.dim() == 4 and mask.shape[1] > 1:
+            mask = mask.reshape(mask.shape[0], k.shape[1], n_rep, -1)  # per-head bias, grouped like q
+        scores = _apply_mask(scores, mask)
         probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         out = torch.matmul(probs, v).reshape(B, H, 1, D).to(dtype)
     else:
-        is_causal = mask is None and q_len > 1
+        if mask is not None and mask.dtype != torch.bool:
+            mask = mask.to(q.dtype)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, scale=scaling, enable_gqa=n_rep > 1
+            q, k, v, attn_mask=mask, is_causal=causal, scale=scaling, enable_gqa=n_rep > 1
         )
     return out.transpose(1, 2)  # (B, T, H, D)
+
+
+def _apply_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return scores
+    if mask.dtype == torch.bool:
+        return scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return scores + mask.to(scores.dtype)
+
+
+# --- what the native decode step reads (autolm.kernels.decoder) ------------------------------
+
+
+def same_code(obj, cls, *methods: str) -> bool:
+    """True when `obj` runs `cls`'s own code for every method named (no subclass overrode it)."""
+    return all(getattr(type(obj), m, None) is getattr(cls, m) for m in methods)
+
+
+def rms_norm(norm: RMSNorm):
+    from ..kernels.decoder import Norm
+
+    return Norm(weight=norm.weight, eps=norm.variance_epsilon, kind="rms")
+
+
+def projection(layer: nn.Linear):
+    from ..kernels.decoder import Projection
+
+    return Projection(weight=layer.weight, bias=layer.bias)

@@ -7,14 +7,25 @@ blocks and swap in their own attention (see qwen2.py, qwen3.py).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..configuration import PretrainedConfig
-from ..kernels import MAX_ROWS, linear
+from ..kernels.decoder import Decoder, Layer
 from ..modeling_utils import ModelOutput, PreTrainedModel
-from .cache import DynamicCache
-from .layers import Linear, RMSNorm, RotaryEmbedding, activation, apply_rotary, attention, causal_mask
+from .cache import DynamicCache, StaticCache
+from .heads import CausalLMHead, SequenceClassificationHead
+from .layers import (
+    Linear,
+    RMSNorm,
+    RotaryEmbedding,
+    activation,
+    apply_rotary,
+    attention,
+    attention_masks,
+    projection,
+    rms_norm,
+    same_code,
+)
 
 
 class LlamaConfig(PretrainedConfig):
@@ -41,25 +52,30 @@ class LlamaConfig(PretrainedConfig):
         "mlp_bias": False,
     }
 
+    # transformers' Llama attends fully in every layer, whatever `sliding_window` or `layer_types` say
+    _reads_layer_types = False
+
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
 
-    @property
-    def attention_window(self) -> int | None:
-        """Sliding-window size when the config turns one on, else None."""
-        if getattr(self, "use_sliding_window", True) is False:
-            return None
-        return getattr(self, "sliding_window", None)
-
 
 class MistralConfig(LlamaConfig):
-    """Mistral checkpoints use Llama's tensor names; the type is kept so saved configs stay "mistral"."""
+    """Mistral checkpoints use Llama's tensor names; the type is kept so saved configs stay "mistral".
+    Every layer slides over `sliding_window` (4096 when config.json does not say; null turns it off)."""
 
     model_type = "mistral"
-    defaults = {**LlamaConfig.defaults, "sliding_window": None, "max_position_embeddings": 32768}
+    defaults = {**LlamaConfig.defaults, "sliding_window": 4096, "max_position_embeddings": 4096 * 32}
+
+    @property
+    def attention_window(self) -> int | None:
+        return self.sliding_window
+
+    def _derived_layer_types(self) -> list[str]:
+        kind = "full_attention" if self.sliding_window is None else "sliding_attention"
+        return [kind] * self.num_hidden_layers
 
 
 class LlamaAttention(nn.Module):
@@ -69,9 +85,8 @@ class LlamaAttention(nn.Module):
         self.layer_idx = layer_idx
         self.head_dim = config.head_dim
         self.scaling = self.head_dim**-0.5
+        self.attention_type = config.layer_types[layer_idx]
         self.make_projections(config)
-        self.register_buffer("qkv_weight", None, persistent=False)
-        self.register_buffer("qkv_bias", None, persistent=False)
 
     def make_projections(self, config: LlamaConfig) -> None:
         h, d, bias = config.hidden_size, self.head_dim, config.attention_bias
@@ -80,38 +95,31 @@ class LlamaAttention(nn.Module):
         self.v_proj = Linear(h, config.num_key_value_heads * d, bias=bias)
         self.o_proj = Linear(config.num_attention_heads * d, h, bias=bias)
 
-    # `autolm.generation.layout.fuse_projections` fills the buffers qkv_weight/qkv_bias with q/k/v in
-    # one matrix whose row blocks the three parameters view (no extra memory): one matmul, not three.
-    # Buffers, so `.to()` converts them with the parameters; not persistent, so never saved.
-    fusable = {"qkv": ("q_proj", "k_proj", "v_proj")}
-
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys and values as (B, T, heads, head_dim)."""
         B, T, _ = x.shape
-        if self.qkv_weight is not None:
-            qkv = linear(x, self.qkv_weight, self.qkv_bias).view(B, T, -1, self.head_dim)
-            return qkv.split(self.head_counts, dim=2)
         shape = (B, T, -1, self.head_dim)
         return self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
-
-    @property
-    def head_counts(self) -> tuple[int, int, int]:
-        c = self.config
-        return (c.num_attention_heads, c.num_key_value_heads, c.num_key_value_heads)
 
     def norm_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-head normalisation before rotary; none in Llama (see Qwen3)."""
         return q, k
 
-    def forward(self, x, position_embeddings, mask, cache) -> torch.Tensor:
+    def forward(self, x, position_embeddings, masks, cache) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self.project(x)
         q, k = apply_rotary(*self.norm_qk(q, k), *position_embeddings)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, head_dim)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
-        out = attention(q, k, v, mask, self.scaling, self.config._attn_implementation)
+        mask = masks[self.attention_type]
+        out = attention(q, k, v, mask, self.scaling, self.config._attn_implementation, is_causal=True)
         return self.o_proj(out.reshape(B, T, -1))
+
+
+def norm_qk_per_head(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`norm_qk` of families with an RMSNorm over each query and key head (`q_norm`, `k_norm`; Qwen3)."""
+    return self.q_norm(q), self.k_norm(k)
 
 
 class LlamaMLP(nn.Module):
@@ -122,19 +130,9 @@ class LlamaMLP(nn.Module):
         self.up_proj = Linear(config.hidden_size, config.intermediate_size, bias=bias)
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=bias)
         self.act_fn = activation(config.hidden_act)
-        # filled by `fuse_projections`, as attention's q/k/v
-        self.register_buffer("gate_up_weight", None, persistent=False)
-        self.register_buffer("gate_up_bias", None, persistent=False)
-
-    fusable = {"gate_up": ("gate_proj", "up_proj")}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate_up_weight is not None and x.shape[:-1].numel() <= MAX_ROWS:
-            # fused for decoding; a prompt's gemm runs faster on the two halves (measured at 38-304 rows)
-            gate, up = linear(x, self.gate_up_weight, self.gate_up_bias).chunk(2, dim=-1)
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(self.act_fn(gate) * up)
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -145,8 +143,8 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, x, position_embeddings, mask, cache) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), position_embeddings, mask, cache)
+    def forward(self, x, position_embeddings, masks, cache) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), position_embeddings, masks, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -175,6 +173,34 @@ class LlamaModel(LlamaPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
+    def make_cache(self, batch_size: int, max_cache_len: int | None = None, dtype=None, device=None):
+        """A DynamicCache, or with `max_cache_len` a StaticCache of that many slots per layer."""
+        if max_cache_len is None:
+            return DynamicCache()
+        dtype = dtype or self.embed_tokens.weight.dtype
+        device = device or self.embed_tokens.weight.device
+        return StaticCache(self.config, batch_size, max_cache_len, device=device, dtype=dtype)
+
+    def positions_and_masks(self, attention_mask, position_ids, cache, cache_position, B, T, device):
+        """Position ids (B, T) and the attention mask of each attention type for T new tokens."""
+        static = cache_position is not None and getattr(cache, "max_cache_len", None) is not None
+        if static:
+            cache.cache_position = cache_position  # a static cache writes at these slots
+            past, kv_len = 0, cache.max_cache_len
+            if position_ids is None:
+                position_ids = cache_position[None].expand(B, -1)
+        else:
+            past = cache.get_seq_length() if cache is not None else 0
+            if cache_position is not None:
+                past = int(cache_position[0])
+            kv_len = getattr(cache, "max_cache_len", None) or past + T
+            if position_ids is None:
+                position_ids = torch.arange(past, past + T, device=device).unsqueeze(0)
+        masks = attention_masks(
+            self.config, attention_mask, past, T, kv_len, device, cache_position if static else None
+        )
+        return position_ids, masks
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -198,27 +224,15 @@ class LlamaModel(LlamaPreTrainedModel):
             output_hidden_states = self.config.output_hidden_states
         cache = past_key_values
         if cache is None and use_cache:
-            cache = DynamicCache()
-        if cache_position is not None and hasattr(cache, "cache_position"):
-            cache.cache_position = cache_position  # a static cache writes at these slots
-        # A 4D boolean mask comes ready-made (e.g. from a compiled decode step, which must not read
-        # tensors into Python ints); otherwise build it from the 2D padding mask.
-        prepared = attention_mask is not None and attention_mask.dim() == 4
-        mask = attention_mask if prepared else None
-        if position_ids is None or not prepared:
-            past = cache.get_seq_length() if cache is not None else 0
-            if cache_position is not None:
-                past = int(cache_position[0])
-            if position_ids is None:
-                position_ids = torch.arange(past, past + T, device=x.device).unsqueeze(0)
-        if not prepared:
-            kv_len = getattr(cache, "max_cache_len", past + T)
-            mask = causal_mask(attention_mask, past, T, kv_len, x.device, self.config.attention_window)
+            cache = self.make_cache(B)
+        position_ids, masks = self.positions_and_masks(
+            attention_mask, position_ids, cache, cache_position, B, T, x.device
+        )
         position_embeddings = self.rotary_emb(x, position_ids)
 
         hidden_states = [x] if output_hidden_states else None
         for layer in self.layers:
-            x = layer(x, position_embeddings, mask, cache)
+            x = layer(x, position_embeddings, masks, cache)
             if hidden_states is not None:
                 hidden_states.append(x)
         x = self.norm(x)
@@ -231,115 +245,89 @@ class LlamaModel(LlamaPreTrainedModel):
         )
 
 
-class LlamaForCausalLM(LlamaPreTrainedModel):
-    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
-
-    def __init__(self, config: LlamaConfig):
-        super().__init__(config)
-        self.model = self.base_model_class(config)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool = True,
-        logits_to_keep: int = 0,
-        **kwargs,
-    ) -> ModelOutput:
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            output_hidden_states=output_hidden_states,
-            **kwargs,
-        )
-        h = out.last_hidden_state
-        if logits_to_keep:
-            h = h[:, -logits_to_keep:]
-        logits = self.lm_head(h)
-        loss = None
-        if labels is not None:
-            loss = causal_lm_loss(logits, labels)
-        return ModelOutput(
-            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states
-        )
-
-
-class LlamaForSequenceClassification(LlamaPreTrainedModel):
-    def __init__(self, config: LlamaConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.model = self.base_model_class(config)
-        self.score = Linear(config.hidden_size, config.num_labels, bias=False)
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool = True,
-        **kwargs,
-    ) -> ModelOutput:
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            output_hidden_states=output_hidden_states,
-        )
-        logits = self.score(out.last_hidden_state)
-        B = logits.shape[0]
-        pad = self.config.pad_token_id
-        if pad is None and B != 1:
-            raise ValueError(
-                "Batches of more than one sequence need config.pad_token_id to find each last token."
+class LlamaForCausalLM(CausalLMHead, LlamaPreTrainedModel):
+    def describe_decoder(self) -> Decoder | None:
+        """The native decode step's description of this model (None when a module's code differs from
+        this file's: a user subclass that overrides a forward runs its own code)."""
+        base = self.model
+        c = self.config
+        if not (
+            same_code(self, LlamaForCausalLM, "forward")
+            and same_code(base, LlamaModel, "forward")
+            and same_code(base.norm, RMSNorm, "forward")
+            and same_code(self.lm_head, Linear, "forward")
+            and not c.output_hidden_states
+            and c.hidden_act in ("silu", "swish", "gelu_pytorch_tanh", "relu", "gelu")
+        ):
+            return None
+        layers = []
+        for layer in base.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            qk_norms = type(attn).norm_qk is norm_qk_per_head
+            if not (
+                same_code(layer, LlamaDecoderLayer, "forward")
+                and same_code(attn, LlamaAttention, "forward", "project")
+                and type(attn).norm_qk in (LlamaAttention.norm_qk, norm_qk_per_head)
+                and same_code(mlp, LlamaMLP, "forward")
+                and all(
+                    same_code(m, Linear, "forward")
+                    for m in (
+                        attn.q_proj,
+                        attn.k_proj,
+                        attn.v_proj,
+                        attn.o_proj,
+                        mlp.gate_proj,
+                        mlp.up_proj,
+                        mlp.down_proj,
+                    )
+                )
+                and all(
+                    same_code(n, RMSNorm, "forward")
+                    for n in (layer.input_layernorm, layer.post_attention_layernorm)
+                )
+                and (
+                    not qk_norms or all(same_code(n, RMSNorm, "forward") for n in (attn.q_norm, attn.k_norm))
+                )
+            ):
+                return None
+            layers.append(
+                Layer(
+                    attn_norm=rms_norm(layer.input_layernorm),
+                    q=projection(attn.q_proj),
+                    k=projection(attn.k_proj),
+                    v=projection(attn.v_proj),
+                    o=projection(attn.o_proj),
+                    mlp_norm=rms_norm(layer.post_attention_layernorm),
+                    gate=projection(mlp.gate_proj),
+                    up=projection(mlp.up_proj),
+                    down=projection(mlp.down_proj),
+                    activation=c.hidden_act,
+                    q_norm=rms_norm(attn.q_norm) if qk_norms else None,
+                    k_norm=rms_norm(attn.k_norm) if qk_norms else None,
+                    scaling=attn.scaling,
+                    attention_type=attn.attention_type,
+                )
             )
-        if pad is None or input_ids is None:
-            last = torch.full((B,), -1, device=logits.device)
-        else:
-            # the last position that is not padding (works for left and right padding)
-            idx = torch.arange(input_ids.shape[-1], device=logits.device, dtype=torch.int32)
-            last = (idx * (input_ids != pad).to(torch.int32)).argmax(-1)
-        pooled = logits[torch.arange(B, device=logits.device), last]
-        loss = None
-        if labels is not None:
-            if self.num_labels == 1:
-                loss = F.mse_loss(pooled.squeeze().float(), labels.squeeze().float())
-            else:
-                loss = F.cross_entropy(pooled.float().view(-1, self.num_labels), labels.view(-1))
-        return ModelOutput(
-            loss=loss, logits=pooled, past_key_values=out.past_key_values, hidden_states=out.hidden_states
+        return Decoder(
+            layers=layers,
+            hidden=c.hidden_size,
+            heads=c.num_attention_heads,
+            kv_heads=c.num_key_value_heads,
+            head_dim=base.layers[0].self_attn.head_dim,
+            intermediate=c.intermediate_size,
+            rotary_dim=base.layers[0].self_attn.head_dim,
+            embed=base.embed_tokens,
+            rotary=base.rotary_emb,
+            masks=lambda mask, past, kv_len, cache_position: attention_masks(
+                c, mask, past, 1, kv_len, base.embed_tokens.weight.device, cache_position
+            ),
+            head=lambda x: self.lm_head(base.norm(x)),
+            modules=list(self.modules()),
         )
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Mean cross-entropy of each position predicting the next label, in float32."""
-    shifted = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
-        shifted.reshape(-1).to(logits.device),
-        ignore_index=ignore_index,
-    )
+class LlamaForSequenceClassification(SequenceClassificationHead, LlamaPreTrainedModel):
+    pass
 
 
 LlamaPreTrainedModel.base_model_class = LlamaModel

@@ -27,10 +27,20 @@ class Qwen2Config(LlamaConfig):
         "max_window_layers": 28,
     }
 
+    _reads_layer_types = True  # transformers' Qwen2 honours config.json's layer_types (LlamaConfig does not)
+
     @property
     def attention_window(self) -> int | None:
-        # Qwen2 windows only some layers; checkpoints in use ship with the window off.
+        # checkpoints in use ship with the window off
         return self.sliding_window if self.use_sliding_window else None
+
+    def _derived_layer_types(self) -> list[str]:
+        # layers from max_window_layers on slide, when the window is on (transformers' derivation)
+        window = self.attention_window is not None
+        return [
+            "sliding_attention" if window and i >= self.max_window_layers else "full_attention"
+            for i in range(self.num_hidden_layers)
+        ]
 
 
 class Qwen2Attention(LlamaAttention):

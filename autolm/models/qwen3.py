@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from .layers import RMSNorm
 from .llama import (
     LlamaAttention,
@@ -11,6 +9,7 @@ from .llama import (
     LlamaForSequenceClassification,
     LlamaModel,
     LlamaPreTrainedModel,
+    norm_qk_per_head,
 )
 from .qwen2 import Qwen2Config
 
@@ -28,9 +27,7 @@ class Qwen3Attention(LlamaAttention):
         self.q_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
 
-    def norm_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # q, k: (B, T, heads, head_dim); the norms act per head
-        return self.q_norm(q), self.k_norm(k)
+    norm_qk = norm_qk_per_head  # q, k: (B, T, heads, head_dim); the norms act per head
 
 
 class Qwen3PreTrainedModel(LlamaPreTrainedModel):

@@ -1,0 +1,133 @@
+"""Task heads shared by the decoder families: causal LM and sequence classification on any base model.
+
+A family's head class is `class XForCausalLM(CausalLMHead, XPreTrainedModel)`: the head builds
+`self.model = self.base_model_class(config)` and its own output layer, and reads the base model's
+`last_hidden_state`, so a head is written once for every family.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..modeling_utils import ModelOutput
+from .layers import Linear
+
+
+class CausalLMHead:
+    """Next-token logits from the base model's last hidden state (`lm_head`, tied to the embeddings when
+    config.tie_word_embeddings)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = self.base_model_class(config)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def make_cache(self, batch_size: int, max_cache_len: int | None = None, dtype=None, device=None):
+        return self.model.make_cache(batch_size, max_cache_len, dtype=dtype, device=device)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> ModelOutput:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
+        h = out.last_hidden_state
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        logits = self.lm_head(h)
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        return ModelOutput(
+            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states
+        )
+
+
+class SequenceClassificationHead:
+    """One score per label from the last non-padding token (`score`, no bias), as transformers' decoder
+    ForSequenceClassification classes."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = self.base_model_class(config)
+        self.score = Linear(config.hidden_size, config.num_labels, bias=False)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+        **kwargs,
+    ) -> ModelOutput:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.score(out.last_hidden_state)
+        B = logits.shape[0]
+        pad = self.config.pad_token_id
+        if pad is None and B != 1:
+            raise ValueError(
+                "Batches of more than one sequence need config.pad_token_id to find each last token."
+            )
+        if pad is None or input_ids is None:
+            last = torch.full((B,), -1, device=logits.device)
+        else:
+            # the last position that is not padding (works for left and right padding)
+            idx = torch.arange(input_ids.shape[-1], device=logits.device, dtype=torch.int32)
+            last = (idx * (input_ids != pad).to(torch.int32)).argmax(-1)
+        pooled = logits[torch.arange(B, device=logits.device), last]
+        loss = None
+        if labels is not None:
+            if self.num_labels == 1:
+                loss = F.mse_loss(pooled.squeeze().float(), labels.squeeze().float())
+            else:
+                loss = F.cross_entropy(pooled.float().view(-1, self.num_labels), labels.view(-1))
+        return ModelOutput(
+            loss=loss, logits=pooled, past_key_values=out.past_key_values, hidden_states=out.hidden_states
+        )
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean cross-entropy of each position predicting the next label, in float32."""
+    shifted = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        shifted.reshape(-1).to(logits.device),
+        ignore_index=ignore_index,
+    )
