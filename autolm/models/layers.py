@@ -250,6 +250,37 @@ def attention_masks(
     }
 
 
+def positions_and_masks(
+    config,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+    cache,
+    cache_position: torch.Tensor | None,
+    B: int,
+    T: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+    """A decoder's position ids (B, T) and its mask per attention type for T new tokens, whichever
+    cache it runs with (none, dynamic, or static with `cache_position` naming the slots written)."""
+    static = cache_position is not None and getattr(cache, "max_cache_len", None) is not None
+    if static:
+        cache.cache_position = cache_position  # a static cache writes at these slots
+        past, kv_len = 0, cache.max_cache_len
+        if position_ids is None:
+            position_ids = cache_position[None].expand(B, -1)
+    else:
+        past = cache.get_seq_length() if cache is not None else 0
+        if cache_position is not None:
+            past = int(cache_position[0])
+        kv_len = getattr(cache, "max_cache_len", None) or past + T
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=device).unsqueeze(0)
+    masks = attention_masks(
+        config, attention_mask, past, T, kv_len, device, cache_position if static else None
+    )
+    return position_ids, masks
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -22,6 +22,7 @@ from .layers import (
     apply_rotary,
     attention,
     attention_masks,
+    positions_and_masks,
     projection,
     rms_norm,
     same_code,
@@ -181,26 +182,6 @@ class LlamaModel(LlamaPreTrainedModel):
         device = device or self.embed_tokens.weight.device
         return StaticCache(self.config, batch_size, max_cache_len, device=device, dtype=dtype)
 
-    def positions_and_masks(self, attention_mask, position_ids, cache, cache_position, B, T, device):
-        """Position ids (B, T) and the attention mask of each attention type for T new tokens."""
-        static = cache_position is not None and getattr(cache, "max_cache_len", None) is not None
-        if static:
-            cache.cache_position = cache_position  # a static cache writes at these slots
-            past, kv_len = 0, cache.max_cache_len
-            if position_ids is None:
-                position_ids = cache_position[None].expand(B, -1)
-        else:
-            past = cache.get_seq_length() if cache is not None else 0
-            if cache_position is not None:
-                past = int(cache_position[0])
-            kv_len = getattr(cache, "max_cache_len", None) or past + T
-            if position_ids is None:
-                position_ids = torch.arange(past, past + T, device=device).unsqueeze(0)
-        masks = attention_masks(
-            self.config, attention_mask, past, T, kv_len, device, cache_position if static else None
-        )
-        return position_ids, masks
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -225,8 +206,8 @@ class LlamaModel(LlamaPreTrainedModel):
         cache = past_key_values
         if cache is None and use_cache:
             cache = self.make_cache(B)
-        position_ids, masks = self.positions_and_masks(
-            attention_mask, position_ids, cache, cache_position, B, T, x.device
+        position_ids, masks = positions_and_masks(
+            self.config, attention_mask, position_ids, cache, cache_position, B, T, x.device
         )
         position_embeddings = self.rotary_emb(x, position_ids)
 
