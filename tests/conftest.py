@@ -91,3 +91,21 @@ def input_ids(
 ) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (batch, length), generator=g)
+
+
+@pytest.fixture(scope="session")
+def native_kernels():
+    """The native CPU kernels, built now if need be; tests that need them are skipped, saying why, on a
+    machine that cannot build them (every machine of this project's kind can)."""
+    import shutil
+
+    from autolm import kernels
+
+    reason = kernels.unsupported_reason()
+    compiler = os.environ.get("CC") or "cc"
+    if reason is None and shutil.which(compiler) is None:
+        reason = f"no C compiler ({compiler!r} is not on PATH; set CC)"
+    if reason is not None:
+        pytest.skip(f"native CPU kernels cannot run here: {reason}")
+    assert kernels.ensure_loaded(), "the native kernels failed to build: see the log"
+    return kernels

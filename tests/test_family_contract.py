@@ -36,7 +36,7 @@ def test_new_family_loads_and_matches_its_reference(checkpoint):
 
 
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
-def test_new_family_decodes_on_the_native_step(checkpoint, cache, monkeypatch):
+def test_new_family_decodes_on_the_native_step(checkpoint, cache, monkeypatch, native_kernels):
     directory, ref = checkpoint
     model = autolm.AutoModelForCausalLM.from_pretrained(directory)
     steps = []

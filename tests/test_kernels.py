@@ -28,8 +28,8 @@ TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 8e-3, torch.float16: 1e-3}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def native():
-    assert kernels.ensure_loaded(), "the native kernels must build here (x86-64 AVX2 + a C compiler)"
+def native(native_kernels):
+    return native_kernels  # skipped, with the reason, where the kernels cannot be built
 
 
 class Spy:
@@ -281,3 +281,33 @@ def test_static_cache_keeps_the_sliding_window(tmp_path):
     expected = theirs.generate(ids, **args)
     assert torch.equal(ours.generate(ids, **args), expected)
     assert torch.equal(ours.generate(ids, cache_implementation="static", **args), expected)
+
+
+def test_a_reply_never_waits_for_the_compiler(tmp_path):
+    """A load starts the build in the background; generation goes on with torch's kernels while the
+    compiler runs (here: a compiler held until the first reply is done), and takes the native step
+    once the build is there."""
+    directory = _model_dir(tmp_path, "llama-gqa")
+    started, go = tmp_path / "started", tmp_path / "go"
+    compiler = tmp_path / "slow-cc"
+    compiler.write_text(
+        f'#!/bin/sh\ntouch {started}\nwhile [ ! -e {go} ]; do sleep 0.05; done\nexec cc "$@"\n'
+    )
+    compiler.chmod(0o755)
+    code = f"""
+import torch, autolm
+from autolm import kernels
+model = autolm.AutoModelForCausalLM.from_pretrained({str(directory)!r})
+ids = torch.tensor([[5, 6, 7]])
+model.generate(ids, max_new_tokens=6, do_sample=False)
+print("first reply done; building", kernels.building(), "loaded", kernels.loaded())
+open({str(go)!r}, "w").close()
+kernels._background.join(120)
+model.generate(ids, max_new_tokens=6, do_sample=False)
+print("second reply; loaded", kernels.loaded())
+"""
+    done = _python(code, AUTOLM_HOME=str(tmp_path / "home"), CC=str(compiler))
+    assert done.returncode == 0, done.stderr
+    assert started.exists()
+    assert "first reply done; building True loaded False" in done.stdout, done.stdout + done.stderr
+    assert "second reply; loaded True" in done.stdout

@@ -86,7 +86,7 @@ def test_logits_match_transformers(tmp_path, case):
 @pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_greedy_tokens_match_transformers(tmp_path, case, cache, native, monkeypatch):
+def test_greedy_tokens_match_transformers(tmp_path, case, cache, native, monkeypatch, request):
     directory, ref = _write(tmp_path, case)
     model = autolm.AutoModelForCausalLM.from_pretrained(directory)
     ids = torch.randint(1, 96, (2, 6), generator=torch.Generator().manual_seed(2))
@@ -96,6 +96,7 @@ def test_greedy_tokens_match_transformers(tmp_path, case, cache, native, monkeyp
     expected = ref.generate(ids, **args)
     calls = []
     if native:
+        request.getfixturevalue("native_kernels")
         real = loop.native_decoder
 
         def counting(model):

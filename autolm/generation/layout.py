@@ -34,7 +34,8 @@ def prepare_for_decoding(model: nn.Module, compiled: bool = False) -> None:
     native = on_cpu and kernels.ensure_loaded(compile=False)
     if on_cpu and not native:
         kernels.build_in_background()  # used from the next generate on
-    column = not compiled and not native
+    # while the kernels build in the background, keep the row-major layout they read
+    column = not compiled and not native and not kernels.building()
     done: set[int] = set()
     with torch.no_grad():
         for module in model.modules():

@@ -208,6 +208,7 @@ def run(model, plan: Plan, scores: list[torch.Tensor] | None = None) -> Iterator
     """
     with torch.inference_mode():
         decoder = _Decoder(model, plan)
+    waiting = False  # for a background kernel build (see kernels.build_in_background)
     for step in range(plan.max_new_tokens):
         with torch.inference_mode():
             token = decoder.choose(step, scores)
@@ -215,12 +216,13 @@ def run(model, plan: Plan, scores: list[torch.Tensor] | None = None) -> Iterator
         with torch.inference_mode():
             if decoder.finished(token, step):
                 return
-        if (
-            step == 0
-        ):  # lay the weights out for decoding once the first token is out: TTFT does not pay for it
+        # Lay the weights out for decoding once the first token is out (TTFT does not pay for it), and
+        # again when a kernel build that was running in the background has finished.
+        if step == 0 or (waiting and not kernels.building()):
             prepare_for_decoding(model, compiled=plan.compile)
             # autolm's native step when it covers this model (on CPU it beats torch.compile's code too)
             decoder.native = native_decoder(model)
+            waiting = step == 0 and decoder.native is None and kernels.building()
         with torch.inference_mode():
             decoder.advance(token, step)
 

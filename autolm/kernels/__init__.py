@@ -191,6 +191,11 @@ def build_in_background() -> None:
         _background.start()
 
 
+def building() -> bool:
+    """True while a background build runs."""
+    return _background is not None and _background.is_alive()
+
+
 def loaded() -> bool:
     return _lib is not None
 
