@@ -9,21 +9,29 @@ from __future__ import annotations
 import json
 import math
 import mmap
-import os
 import re
+import secrets
 import struct
 import weakref
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import CheckpointError
-from .hub import Repo
+from .fileio import Staging
+
+if TYPE_CHECKING:
+    from .hub import Repo
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_WEIGHTS = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
+# what `checkpoint_files` looks for, in its order of preference
+ENTRIES = (SAFE_WEIGHTS, SAFE_INDEX, BIN_WEIGHTS, BIN_INDEX)
+# shard names save_state_dict writes: transformers' own, or with a suffix when those are taken
+SHARD_NAME = re.compile(r"(model|pytorch_model)-\d{5}-of-\d{5}(-[0-9a-f]{8})?\.(safetensors|bin)")
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64,
@@ -192,8 +200,15 @@ def save_state_dict(
     directory: Path,
     max_shard_size: int | str = "5GB",
     safe_serialization: bool = True,
+    extra_files: dict[str, str] | None = None,
 ) -> list[Path]:
-    """Write the tensors as one file or shards plus an index, named as transformers names them."""
+    """Write the tensors as one file or shards plus an index, named as transformers names them.
+
+    Order: every new file is written under a temp name; new shards are renamed in (under fresh names
+    when an old shard has the standard name); then the switch: the new single file or index, the removal
+    of the old files `checkpoint_files` prefers, and `extra_files` (config.json: `{name: text}`), renamed
+    right after with no I/O in between; the stale files go last. A reader sees the old or the new model.
+    """
     from safetensors.torch import save_file
 
     limit = parse_size(max_shard_size)
@@ -209,30 +224,48 @@ def save_state_dict(
 
     single, index_name = (SAFE_WEIGHTS, SAFE_INDEX) if safe_serialization else (BIN_WEIGHTS, BIN_INDEX)
     stem, ext = single.rsplit(".", 1)
-    for old in (SAFE_WEIGHTS, SAFE_INDEX, BIN_WEIGHTS, BIN_INDEX):
-        (directory / old).unlink(missing_ok=True)
-    for old in directory.glob("*-of-*.*"):
-        if re.fullmatch(r"(model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin)", old.name):
-            old.unlink()
+    if len(shards) == 1:
+        names = [single]
+    else:
+        names = [f"{stem}-{i:05d}-of-{len(shards):05d}.{ext}" for i in range(1, len(shards) + 1)]
+        if any((directory / n).exists() for n in names):
+            # the old checkpoint uses these names: replacing its shards one by one would mix the two
+            suffix = secrets.token_hex(4)
+            names = [f"{n.rsplit('.', 1)[0]}-{suffix}.{ext}" for n in names]
+    entry = names[0] if len(shards) == 1 else index_name
 
-    names = (
-        [single]
-        if len(shards) == 1
-        else [f"{stem}-{i:05d}-of-{len(shards):05d}.{ext}" for i in range(1, len(shards) + 1)]
-    )
-    written = []
-    for name, shard in zip(names, shards):
-        target = directory / name
-        tmp = target.with_name(target.name + ".tmp")
-        if safe_serialization:
-            save_file(shard, str(tmp), metadata={"format": "pt"})
-        else:
-            torch.save(shard, tmp)
-        os.replace(tmp, target)  # a reader never sees a half-written file
-        written.append(target)
-    if len(shards) > 1:
-        total = sum(t.numel() * t.element_size() for t in state_dict.values())
-        weight_map = {k: n for n, shard in zip(names, shards) for k in shard}
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (directory / index_name).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    return written
+    with Staging() as staging:
+        for name, shard in zip(names, shards):
+            tmp = staging.temp(directory / name)
+            if safe_serialization:
+                save_file(shard, str(tmp), metadata={"format": "pt"})
+            else:
+                torch.save(shard, tmp)
+        if len(shards) > 1:
+            total = sum(t.numel() * t.element_size() for t in state_dict.values())
+            weight_map = {k: n for n, shard in zip(names, shards) for k in shard}
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            with open(staging.temp(directory / index_name), "w", encoding="utf-8") as f:
+                f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        extra = [directory / n for n in extra_files or {}]
+        for path, text in zip(extra, (extra_files or {}).values()):
+            with open(staging.temp(path), "w", encoding="utf-8") as f:
+                f.write(text)
+
+        if len(shards) > 1:
+            staging.commit(*(directory / n for n in names))  # no index names them yet: invisible
+        staging.commit(directory / entry)
+        # `checkpoint_files` picks the first of ENTRIES present: remove those before the new one, the
+        # most preferred last, so at each step it picks a complete checkpoint (the last step picks ours)
+        preferred = ENTRIES[: ENTRIES.index(entry)]
+        for old in reversed(preferred):
+            (directory / old).unlink(missing_ok=True)
+        staging.commit(*extra)
+
+    for old in ENTRIES:
+        if old != entry:
+            (directory / old).unlink(missing_ok=True)  # indexes before the shards they name
+    for old in directory.iterdir():
+        if SHARD_NAME.fullmatch(old.name) and old.name not in names:
+            old.unlink(missing_ok=True)
+    return [directory / n for n in names]
