@@ -47,6 +47,11 @@ def _fsync(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
+def sync_folder(directory: str | os.PathLike) -> None:
+    """Make the renames and removals done in `directory` survive a power cut."""
+    _fsync(Path(directory), directory=True)
+
+
 class Staging:
     """Files that switch together: write each into `temp(final)`, then `commit()` renames them in order.
 
@@ -57,6 +62,7 @@ class Staging:
 
     def __init__(self) -> None:
         self._pending: dict[Path, Path] = {}  # final path -> temp path
+        self._synced: set[Path] = set()
 
     def temp(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -65,15 +71,27 @@ class Staging:
         self._pending[path] = tmp = temp_path(path)
         return tmp
 
+    def sync(self) -> None:
+        """Flush every pending temp to disk now, so that later renames need no I/O."""
+        for tmp in self._pending.values():
+            if tmp not in self._synced:
+                _fsync(tmp)
+                self._synced.add(tmp)
+
+    def rename(self, path: str | os.PathLike) -> None:
+        """Move one staged file into place (after `sync`); the folder is synced by a later `commit`."""
+        tmp = self._pending.pop(Path(path))
+        os.replace(tmp, path)
+        self._synced.discard(tmp)
+
     def commit(self, *paths: str | os.PathLike) -> None:
         """Rename the given staged files (all pending ones when none is given) into place, in that order."""
         finals = [Path(p) for p in paths] if paths else list(self._pending)
+        self.sync()
         for final in finals:
-            _fsync(self._pending[final])
-        for final in finals:
-            os.replace(self._pending.pop(final), final)
+            self.rename(final)
         for directory in {final.parent for final in finals}:
-            _fsync(directory, directory=True)  # the renames themselves survive a power cut
+            sync_folder(directory)
 
     def discard(self) -> None:
         for tmp in self._pending.values():
@@ -110,4 +128,12 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     atomic_write_bytes(path, text.encode(encoding))
 
 
-__all__ = ["Staging", "atomic_path", "atomic_write_bytes", "atomic_write_text", "is_temp_name", "temp_path"]
+__all__ = [
+    "Staging",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "is_temp_name",
+    "sync_folder",
+    "temp_path",
+]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import mmap
+import os
 import re
 import secrets
 import struct
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .errors import CheckpointError
-from .fileio import Staging
+from .fileio import Staging, sync_folder, temp_path
 
 if TYPE_CHECKING:
     from .hub import Repo
@@ -204,10 +205,10 @@ def save_state_dict(
 ) -> list[Path]:
     """Write the tensors as one file or shards plus an index, named as transformers names them.
 
-    Order: every new file is written under a temp name; new shards are renamed in (under fresh names
-    when an old shard has the standard name); then the switch: the new single file or index, the removal
-    of the old files `checkpoint_files` prefers, and `extra_files` (config.json: `{name: text}`), renamed
-    right after with no I/O in between; the stale files go last. A reader sees the old or the new model.
+    Order: every new file is written under a temp name and synced; new shards are renamed in (fresh names
+    when an old file has the standard one); then the switch, renames only: the single file or index, the
+    old files `checkpoint_files` would prefer moved away, `extra_files` ({"config.json": text}, so config
+    and weights change together); stale files are deleted last. Readers see the old or the new model.
     """
     from safetensors.torch import save_file
 
@@ -252,15 +253,23 @@ def save_state_dict(
             with open(staging.temp(path), "w", encoding="utf-8") as f:
                 f.write(text)
 
+        staging.sync()
         if len(shards) > 1:
             staging.commit(*(directory / n for n in names))  # no index names them yet: invisible
-        staging.commit(directory / entry)
-        # `checkpoint_files` picks the first of ENTRIES present: remove those before the new one, the
-        # most preferred last, so at each step it picks a complete checkpoint (the last step picks ours)
-        preferred = ENTRIES[: ENTRIES.index(entry)]
-        for old in reversed(preferred):
-            (directory / old).unlink(missing_ok=True)
-        staging.commit(*extra)
+        # The switch, renames only. `checkpoint_files` picks the first of ENTRIES present: those before
+        # ours go, least preferred first, so it always picks a complete checkpoint. They are renamed
+        # away (unlinking a big file can take a while) and deleted after the switch.
+        staging.rename(directory / entry)
+        gone = []
+        for old in reversed(ENTRIES[: ENTRIES.index(entry)]):
+            if (directory / old).exists():
+                gone.append(temp_path(directory / old))
+                os.replace(directory / old, gone[-1])
+        for path in extra:
+            staging.rename(path)
+        sync_folder(directory)
+    for path in gone:
+        path.unlink()
 
     for old in ENTRIES:
         if old != entry:
