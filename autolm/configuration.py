@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .hub import open_repo, pop_hub_kwargs
+from .fileio import atomic_write_text
 
 CONFIG_NAME = "config.json"
 GENERATION_CONFIG_NAME = "generation_config.json"
@@ -136,6 +136,8 @@ class PretrainedConfig:
         path = Path(str(pretrained_model_name_or_path))
         if gguf_file is None and path.suffix == ".gguf" and path.is_file():
             pretrained_model_name_or_path, gguf_file = path.parent, path.name
+        from .hub import open_repo, pop_hub_kwargs  # here, not at the top: a model module needs no hub code
+
         repo = open_repo(pretrained_model_name_or_path, **pop_hub_kwargs(kwargs))
         if gguf_file is not None:
             from .gguf import config_from_gguf
@@ -209,7 +211,7 @@ class PretrainedConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
     def to_json_file(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(self.to_json_string(), encoding="utf-8")
+        atomic_write_text(path, self.to_json_string())
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         directory = Path(save_directory)
@@ -267,6 +269,8 @@ class GenerationConfig:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> GenerationConfig:
+        from .hub import open_repo, pop_hub_kwargs  # here, not at the top: a model module needs no hub code
+
         repo = open_repo(pretrained_model_name_or_path, **pop_hub_kwargs(kwargs))
         path = repo.get_optional(GENERATION_CONFIG_NAME)
         if path is None:
@@ -302,7 +306,7 @@ class GenerationConfig:
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / GENERATION_CONFIG_NAME).write_text(self.to_json_string(), encoding="utf-8")
+        atomic_write_text(directory / GENERATION_CONFIG_NAME, self.to_json_string())
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, GenerationConfig) and self.to_dict() == other.to_dict()

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .configuration import GenerationConfig, PretrainedConfig
+from .configuration import CONFIG_NAME, GENERATION_CONFIG_NAME, GenerationConfig, PretrainedConfig
 
 
 class ModelOutput(dict):
@@ -184,25 +184,34 @@ class PreTrainedModel(nn.Module):
         state_dict: dict[str, torch.Tensor] | None = None,
         **kwargs,
     ) -> None:
-        """Write config.json, generation_config.json and the weights (sharded above `max_shard_size`)."""
+        """Write config.json, generation_config.json and the weights (sharded above `max_shard_size`).
+
+        Saving over an existing model is safe to interrupt: the directory holds the old model or the new
+        one, the configs switched together with the weights (see `weights.save_state_dict`).
+        """
+        from .remote_code import save_code
         from .weights import save_state_dict
 
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.config.architectures = [type(self).__name__]
         self.config.dtype = str(self.dtype).removeprefix("torch.")
-        self.config.save_pretrained(directory)
+        configs = {CONFIG_NAME: self.config.to_json_string()}
         if self.generation_config is not None:
-            self.generation_config.save_pretrained(directory)
+            configs[GENERATION_CONFIG_NAME] = self.generation_config.to_json_string()
         if state_dict is None:
             tied = self.tied_keys()
             state_dict = {k: v for k, v in self.state_dict().items() if k not in tied}
         save_state_dict(
-            state_dict, directory, max_shard_size=max_shard_size, safe_serialization=safe_serialization
+            state_dict,
+            directory,
+            max_shard_size=max_shard_size,
+            safe_serialization=safe_serialization,
+            extra_files=configs,
         )
-        from .remote_code import save_code
-
-        save_code(self, directory, "config.json")  # a class from a repo's code: its files come along
+        # a class from a repo's code (config or model): its files come along, auto_map points at them
+        save_code(self.config, directory, CONFIG_NAME)
+        save_code(self, directory, CONFIG_NAME)
 
     def generate(self, *args, **kwargs):
         from .generation import generate

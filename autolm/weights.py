@@ -11,19 +11,28 @@ import math
 import mmap
 import os
 import re
+import secrets
 import struct
 import weakref
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import CheckpointError
-from .hub import Repo
+from .fileio import Staging, sync_folder, temp_path
+
+if TYPE_CHECKING:
+    from .hub import Repo
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_WEIGHTS = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
+# what `checkpoint_files` looks for, in its order of preference
+ENTRIES = (SAFE_WEIGHTS, SAFE_INDEX, BIN_WEIGHTS, BIN_INDEX)
+# shard names save_state_dict writes: transformers' own, or with a suffix when those are taken
+SHARD_NAME = re.compile(r"(model|pytorch_model)-\d{5}-of-\d{5}(-[0-9a-f]{8})?\.(safetensors|bin)")
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64,
@@ -192,8 +201,15 @@ def save_state_dict(
     directory: Path,
     max_shard_size: int | str = "5GB",
     safe_serialization: bool = True,
+    extra_files: dict[str, str] | None = None,
 ) -> list[Path]:
-    """Write the tensors as one file or shards plus an index, named as transformers names them."""
+    """Write the tensors as one file or shards plus an index, named as transformers names them.
+
+    Order: every new file is written under a temp name and synced; new shards are renamed in (fresh names
+    when an old file has the standard one); then the switch, renames only: the single file or index, the
+    old files `checkpoint_files` would prefer moved away, `extra_files` ({"config.json": text}, so config
+    and weights change together); stale files are deleted last. Readers see the old or the new model.
+    """
     from safetensors.torch import save_file
 
     limit = parse_size(max_shard_size)
@@ -209,30 +225,56 @@ def save_state_dict(
 
     single, index_name = (SAFE_WEIGHTS, SAFE_INDEX) if safe_serialization else (BIN_WEIGHTS, BIN_INDEX)
     stem, ext = single.rsplit(".", 1)
-    for old in (SAFE_WEIGHTS, SAFE_INDEX, BIN_WEIGHTS, BIN_INDEX):
-        (directory / old).unlink(missing_ok=True)
-    for old in directory.glob("*-of-*.*"):
-        if re.fullmatch(r"(model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin)", old.name):
-            old.unlink()
+    if len(shards) == 1:
+        names = [single]
+    else:
+        names = [f"{stem}-{i:05d}-of-{len(shards):05d}.{ext}" for i in range(1, len(shards) + 1)]
+        if any((directory / n).exists() for n in names):
+            # the old checkpoint uses these names: replacing its shards one by one would mix the two
+            suffix = secrets.token_hex(4)
+            names = [f"{n.rsplit('.', 1)[0]}-{suffix}.{ext}" for n in names]
+    entry = names[0] if len(shards) == 1 else index_name
 
-    names = (
-        [single]
-        if len(shards) == 1
-        else [f"{stem}-{i:05d}-of-{len(shards):05d}.{ext}" for i in range(1, len(shards) + 1)]
-    )
-    written = []
-    for name, shard in zip(names, shards):
-        target = directory / name
-        tmp = target.with_name(target.name + ".tmp")
-        if safe_serialization:
-            save_file(shard, str(tmp), metadata={"format": "pt"})
-        else:
-            torch.save(shard, tmp)
-        os.replace(tmp, target)  # a reader never sees a half-written file
-        written.append(target)
-    if len(shards) > 1:
-        total = sum(t.numel() * t.element_size() for t in state_dict.values())
-        weight_map = {k: n for n, shard in zip(names, shards) for k in shard}
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (directory / index_name).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    return written
+    with Staging() as staging:
+        for name, shard in zip(names, shards):
+            tmp = staging.temp(directory / name)
+            if safe_serialization:
+                save_file(shard, str(tmp), metadata={"format": "pt"})
+            else:
+                torch.save(shard, tmp)
+        if len(shards) > 1:
+            total = sum(t.numel() * t.element_size() for t in state_dict.values())
+            weight_map = {k: n for n, shard in zip(names, shards) for k in shard}
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            with open(staging.temp(directory / index_name), "w", encoding="utf-8") as f:
+                f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        extra = [directory / n for n in extra_files or {}]
+        for path, text in zip(extra, (extra_files or {}).values()):
+            with open(staging.temp(path), "w", encoding="utf-8") as f:
+                f.write(text)
+
+        staging.sync()
+        if len(shards) > 1:
+            staging.commit(*(directory / n for n in names))  # no index names them yet: invisible
+        # The switch, renames only. `checkpoint_files` picks the first of ENTRIES present: those before
+        # ours go, least preferred first, so it always picks a complete checkpoint. They are renamed
+        # away (unlinking a big file can take a while) and deleted after the switch.
+        staging.rename(directory / entry)
+        gone = []
+        for old in reversed(ENTRIES[: ENTRIES.index(entry)]):
+            if (directory / old).exists():
+                gone.append(temp_path(directory / old))
+                os.replace(directory / old, gone[-1])
+        for path in extra:
+            staging.rename(path)
+        sync_folder(directory)
+    for path in gone:
+        path.unlink()
+
+    for old in ENTRIES:
+        if old != entry:
+            (directory / old).unlink(missing_ok=True)  # indexes before the shards they name
+    for old in directory.iterdir():
+        if SHARD_NAME.fullmatch(old.name) and old.name not in names:
+            old.unlink(missing_ok=True)
+    return [directory / n for n in names]

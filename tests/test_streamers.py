@@ -8,7 +8,7 @@ import threading
 
 import pytest
 import torch
-from generation_helpers import write_model
+from generation_helpers import CORPUS, write_model
 
 import autolm
 from autolm import TextIteratorStreamer, TextStreamer
@@ -105,3 +105,64 @@ def test_streamer_rejects_batches(setup):
     ids = torch.tensor([[5, 6], [7, 8]])
     with pytest.raises(ValueError, match="one sequence"):
         model.generate(ids, max_new_tokens=2, streamer=TextStreamer(tok, file=io.StringIO()))
+
+
+class CountingTokenizer:
+    """Wraps a tokenizer and adds up how many ids its `decode` calls were given."""
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.decoded_ids = 0
+
+    def decode(self, ids, **kwargs):
+        self.decoded_ids += len(ids) if isinstance(ids, list) else 1
+        return self.tok.decode(ids, **kwargs)
+
+
+def stream_pieces(streamer_class, tok, ids: list[int], **kwargs) -> list[str]:
+    pieces: list[str] = []
+
+    class Collect(streamer_class):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            pieces.append(text)
+
+    streamer = Collect(tok, **kwargs)
+    for token in ids:
+        streamer.put(torch.tensor([token]))
+    streamer.end()
+    return [p for p in pieces if p]
+
+
+def test_long_line_streams_as_transformers_with_linear_work(setup):
+    """A 2,000-token line: the same pieces as transformers' TextStreamer, for a decode cost that grows
+    linearly (re-decoding the line from its start at each token would cost about n * n / 2 ids)."""
+    import transformers
+
+    _, tok = setup
+    reference = transformers.AutoTokenizer.from_pretrained(tok.name_or_path)
+    line = " ".join(sentence.replace("\n", " ") for sentence in CORPUS)
+    ids = (tok(line)["input_ids"] * 100)[:2000]
+    assert "\n" not in tok.decode(ids)
+    counting = CountingTokenizer(tok)
+    ours = stream_pieces(TextStreamer, counting, ids)
+    assert ours == stream_pieces(transformers.TextStreamer, reference, ids)
+    assert "".join(ours) == tok.decode(ids)
+    assert counting.decoded_ids < 10 * len(ids)
+
+
+def test_random_tokens_stream_as_transformers(setup):
+    """Random tokens (partial characters, symbols, control bytes, newlines) give transformers' pieces."""
+    import random
+
+    import transformers
+
+    _, tok = setup
+    reference = transformers.AutoTokenizer.from_pretrained(tok.name_or_path)
+    special = set(tok.all_special_ids)
+    vocab = [i for i in range(len(tok)) if i not in special]
+    rng = random.Random(0)
+    ids = [rng.choice(vocab) for _ in range(1500)]
+    ids += tok("你好，世界！🙂 emoji 🚀 and ❤️ 天气很好。 a-b-c ===== (x) [y]\n")["input_ids"] * 10
+    ours = stream_pieces(TextStreamer, tok, ids)
+    assert ours == stream_pieces(transformers.TextStreamer, reference, ids)
+    assert "".join(ours) == tok.decode(ids)

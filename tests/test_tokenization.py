@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-CORPUS_PATH = Path(__file__).resolve().parents[2] / "shared/corpus/tokenizer_corpus.txt"
+CORPUS_PATH = Path(__file__).parent / "data/tokenizer_corpus.txt"  # bytes kept as they are (.gitattributes)
 # Bytes -> str keeps CRLF, vertical tab and form feed as they are; lines split on "\n" only
 CORPUS = CORPUS_PATH.read_bytes().decode("utf-8")
 LINES = CORPUS.split("\n")

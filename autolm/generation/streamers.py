@@ -1,13 +1,15 @@
 """Streamers: receive token ids from `generate` (`put`, then `end`) and hand out text as it completes.
 
-Text is released a word at a time (up to the last space or newline; CJK characters at once), and never
-while it ends in "\\ufffd": that is a character whose bytes have not all arrived yet (Chinese, emoji).
+Text is released as transformers' streamers release it: letters and digits at once, CJK characters at once,
+anything else up to the last space or newline, so never a "\\ufffd" whose bytes have not all arrived yet
+(Chinese, emoji). Only the tokens since the text was last all out are decoded again: linear work per line.
 """
 
 from __future__ import annotations
 
 import queue
 import sys
+import unicodedata
 from typing import TextIO
 
 import torch
@@ -26,6 +28,15 @@ def is_cjk(ch: str) -> bool:
         or 0xF900 <= cp <= 0xFAFF
         or 0x2F800 <= cp <= 0x2FA1F
     )
+
+
+def _is_wordlike(ch: str) -> bool:
+    """Letters (with their marks), digits and spaces print at once, so text without spaces streams too."""
+    return ch.isspace() or unicodedata.category(ch)[0] in "LMN"
+
+
+# Tokens kept as decoding context when the window restarts
+_CONTEXT = 4
 
 
 class TextStreamer:
@@ -62,18 +73,25 @@ class TextStreamer:
         self.next_tokens_are_prompt = False
         self.token_cache.extend(ids)
         text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
-        if text.endswith("\ufffd"):
-            return  # a character is still incomplete
+        pending = text[self.print_len :]
         if text.endswith("\n"):
-            # a line is done: release it and start decoding afresh (keeps decode cost bounded)
-            printable = text[self.print_len :]
-            self.token_cache, self.print_len = [], 0
-        elif text and is_cjk(text[-1]):
-            printable = text[self.print_len :]
-            self.print_len += len(printable)
+            # a line is done: release it and go on decoding from its last token, which keeps the
+            # leading space of the next line
+            printable = pending
+            self.token_cache = self.token_cache[-1:]
+            self.print_len = len(self.tokenizer.decode(self.token_cache, **self.decode_kwargs))
         else:
-            printable = text[self.print_len : text.rfind(" ") + 1]
+            if (text and is_cjk(text[-1])) or all(_is_wordlike(ch) for ch in pending):
+                printable = pending
+            else:
+                # up to the last space: a symbol may start markup, or be an incomplete character
+                printable = text[self.print_len : text.rfind(" ") + 1]
             self.print_len += len(printable)
+            if self.print_len == len(text) and len(self.token_cache) > _CONTEXT:
+                # All is out: decode what follows from the last few tokens only, so a long line costs
+                # linear work rather than quadratic (the same text: they are enough to join words)
+                self.token_cache = self.token_cache[-_CONTEXT:]
+                self.print_len = len(self.tokenizer.decode(self.token_cache, **self.decode_kwargs))
         if printable:
             self.on_finalized_text(printable)
 

@@ -17,7 +17,6 @@ import contextlib
 import errno
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -33,6 +32,7 @@ from ..errors import (
     ModelNotFoundError,
     RevisionNotFoundError,
 )
+from ..fileio import atomic_write_text
 from . import HubSettings
 from .base import CachedRepo
 from .progress import DownloadBar
@@ -106,9 +106,7 @@ def _write_ref(storage: Path, ref: str, commit: str) -> None:
 def _atomic_write(path: Path, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise DiskFullError(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RemoteCodeError
+from ..fileio import atomic_path, atomic_write_text
 from ..hub import LocalRepo, Repo, open_repo
 from .bundle import (
     CODE_CONFIG_FILES,
@@ -57,7 +58,8 @@ def _copy_code(bundle: CodeBundle, directory: Path) -> None:
             )
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists():
-            shutil.copyfile(path, target)
+            with atomic_path(target) as tmp:
+                shutil.copyfile(path, tmp)
 
 
 def _rewrite_auto_map(path: Path, fallback: dict | None, code_repos: set[str]) -> None:
@@ -66,7 +68,7 @@ def _rewrite_auto_map(path: Path, fallback: dict | None, code_repos: set[str]) -
     if not auto_map:
         return
     data["auto_map"] = localize(auto_map, code_repos)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def save_code(obj: Any, directory: str | os.PathLike, config_name: str = "config.json") -> None:
@@ -160,7 +162,8 @@ def export(name_or_path: str | os.PathLike, directory: str | os.PathLike, **hub_
     for name, path in zip(names, repo.fetch(names)):
         target = directory / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(path, tmp)
     bundles = find_bundles(repo, hub_kwargs)
     for bundle in bundles:
         _copy_code(bundle, directory)
@@ -176,9 +179,8 @@ def export(name_or_path: str | os.PathLike, directory: str | os.PathLike, **hub_
         "code_pin": local.pin if local else None,
         "files": _hash_tree(directory),
     }
-    (directory / MANIFEST_NAME).write_text(
-        json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
+    # written last: a directory with a MANIFEST holds every file it lists
+    atomic_write_text(directory / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
 

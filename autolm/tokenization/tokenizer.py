@@ -12,6 +12,7 @@ from typing import Any
 from tokenizers import AddedToken, Tokenizer, processors
 
 from ..errors import ChatTemplateError, TokenizerError
+from ..fileio import Staging
 from .batch_encoding import BatchEncoding
 from .chat_template import render_chat_template
 
@@ -733,7 +734,6 @@ class PreTrainedTokenizerFast:
             backend.enable_padding(**self._json_padding)
         if self._json_truncation is not None:
             backend.enable_truncation(**self._json_truncation)
-        backend.save(str(out / TOKENIZER_FILE))
 
         config = {k: v for k, v in self._extra_config.items() if k not in _OWN_KEYS and _is_json(v)}
         config.update(
@@ -762,8 +762,11 @@ class PreTrainedTokenizerFast:
                 if isinstance(self.chat_template, dict)
                 else self.chat_template
             )
-        _write_json(out / TOKENIZER_CONFIG_FILE, config)
-        _write_json(out / SPECIAL_TOKENS_MAP_FILE, self.special_tokens_map)
+        # the three files are written first and renamed one after the other, so they switch together
+        with Staging() as staging:
+            backend.save(str(staging.temp(out / TOKENIZER_FILE)))
+            _write_json(staging.temp(out / TOKENIZER_CONFIG_FILE), config)
+            _write_json(staging.temp(out / SPECIAL_TOKENS_MAP_FILE), self.special_tokens_map)
         from ..remote_code import save_code
 
         save_code(self, out, TOKENIZER_CONFIG_FILE)  # a class from a repo's code: its files come along
