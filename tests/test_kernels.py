@@ -311,3 +311,40 @@ print("second reply; loaded", kernels.loaded())
     assert started.exists()
     assert "first reply done; building True loaded False" in done.stdout, done.stdout + done.stderr
     assert "second reply; loaded True" in done.stdout
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", ["rms", "rms_float", "layer"])
+def test_norm_kernel_matches_torch(dtype, kind):
+    x = torch.randn(3, 1, 77, generator=torch.Generator().manual_seed(0)).to(dtype)
+    w = torch.randn(77, generator=torch.Generator().manual_seed(1)).to(dtype)
+    b = torch.randn(77, generator=torch.Generator().manual_seed(2)).to(dtype) if kind == "layer" else None
+    got = kernels.norm(x, w, 1e-5, kind, bias=b, offset=1.0 if kind == "rms_float" else 0.0)
+    xf = x.float()
+    if kind == "layer":
+        expected = F.layer_norm(xf, (77,), w.float(), b.float(), 1e-5).to(dtype)
+    else:
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)
+        if kind == "rms":  # Llama: round, then the weight in the model dtype
+            expected = w * normed.to(dtype)
+        else:  # Gemma: (1 + w) in float32, rounded once
+            expected = (normed * (1.0 + w.float())).to(dtype)
+    assert got is not None and got.dtype == dtype
+    assert (got.float() - expected.float()).abs().max().item() <= TOLERANCE[dtype] * 8
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 2), (3, 1)])
+def test_one_query_attention_kernel_matches_sdpa(dtype, heads, kv_heads):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, heads, 1, 16, generator=g).to(dtype)
+    cache = torch.randn(2, kv_heads, 40, 16, generator=g).to(dtype)  # a cache buffer, 29 slots in use
+    k, v = cache[:, :, :29], (cache * 0.5)[:, :, :29]
+    mask = torch.ones(2, 1, 1, 29, dtype=torch.bool)
+    mask[0, ..., :5] = False  # left padding of row 0
+    got = kernels.attend_one(q, k, v, mask, 0.25)
+    expected = F.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), attn_mask=mask, scale=0.25, enable_gqa=heads != kv_heads
+    ).to(dtype)
+    assert got is not None and got.shape == q.shape
+    assert (got.float() - expected.float()).abs().max().item() <= TOLERANCE[dtype] * 4

@@ -41,6 +41,26 @@ _P, _I, _N = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES = {  # cpu.c's entry points; the first argument is the dtype code
     "autolm_linear": [_N, _P, _P, _P, _P, _I, _I, _I, _I, _N],
     "autolm_decode": [_N, _P, _P, _I, _P, _I, _P, _P, ctypes.POINTER(_I), _I, _I, _N],
+    "autolm_norm": [_N, _P, _P, _I, _I, _P],
+    "autolm_attend": [
+        _N,
+        _P,
+        _P,
+        _P,
+        _P,
+        _I,
+        _I,
+        _I,
+        _I,
+        _I,
+        ctypes.POINTER(_I),
+        ctypes.POINTER(_I),
+        _P,
+        _I,
+        _I,
+        ctypes.c_float,
+        _N,
+    ],
 }
 
 _lib: ctypes.CDLL | None = None
@@ -281,3 +301,70 @@ def _half_via_float(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         part_bias = None if bias is None else bias[start:end].float()
         y[..., start:end] = F.linear(xf, weight[start:end].float(), part_bias)
     return y
+
+
+# --- per-op kernels: what any family's torch code calls for its decoding steps -------------------
+
+
+def _plain(*tensors: torch.Tensor | None) -> bool:
+    """CPU tensors of one supported dtype, outside autograd and torch.compile tracing."""
+    first = tensors[0]
+    return (
+        _lib is not None
+        and first.dtype in _DTYPES
+        and all(t is None or (t.device.type == "cpu" and t.dtype == first.dtype) for t in tensors)
+        and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+        and not torch.compiler.is_compiling()
+    )
+
+
+def norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    kind: str = "rms",
+    bias: torch.Tensor | None = None,
+    offset: float = 0.0,
+) -> torch.Tensor | None:
+    """The norm of each row of x (kinds as in `decoder.Norm`: "rms", "rms_float", "layer") on the
+    native kernel, for up to MAX_ROWS rows; None when it does not apply (the caller runs its torch code)."""
+    from .decoder import NORM_KINDS, _Norm
+
+    D = x.shape[-1]
+    if not _plain(x, weight, bias) or x.numel() > MAX_ROWS * D or kind not in NORM_KINDS or kind is None:
+        return None
+    if weight.shape != (D,) or not weight.is_contiguous() or (bias is not None and not bias.is_contiguous()):
+        return None
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    desc = _Norm(weight.data_ptr(), None if bias is None else bias.data_ptr(), _DTYPES[weight.dtype],
+                 NORM_KINDS[kind], eps, offset)  # fmt: skip
+    _lib.autolm_norm(_DTYPES[x.dtype], x.data_ptr(), y.data_ptr(), x.numel() // D, D, ctypes.byref(desc))
+    return y
+
+
+def attend_one(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scaling: float
+) -> torch.Tensor | None:
+    """Attention of one query per row and head: q (B, H, 1, D), k/v (B, KVH, S, D) (a cache's slices),
+    mask None or boolean broadcastable to (B, 1, 1, S). Returns (B, H, 1, D), or None when the native
+    kernel does not apply (a float bias, a per-head mask, strides it cannot read)."""
+    B, H, T, D = q.shape
+    KVH, S = k.shape[1], k.shape[2]
+    if T != 1 or not _plain(q, k, v) or H % KVH or k.stride(-1) != 1 or v.stride(-1) != 1:
+        return None
+    if mask is not None:
+        if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[2] != 1:
+            return None
+        mask = mask[:, 0, 0, :].expand(B, S)
+        if mask.shape[-1] != S:
+            return None
+    q = q.contiguous()
+    out = torch.empty_like(q)
+    ks, vs = (_I * 3)(*k.stride()[:3]), (_I * 3)(*v.stride()[:3])
+    _lib.autolm_attend(
+        _DTYPES[q.dtype], q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), B, H, KVH, D, S, ks, vs,
+        None if mask is None else mask.data_ptr(), *(mask.stride() if mask is not None else (0, 0)),
+        scaling, torch.get_num_threads(),
+    )  # fmt: skip
+    return out

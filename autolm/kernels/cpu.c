@@ -441,3 +441,61 @@ int autolm_decode(int t, const decoder_shape *shape, const decoder_layer *layers
     }
     return 1;
 }
+
+/* ---- per-op kernels any family's torch code calls (kernels/__init__.py: norm, attend_one) ---- */
+
+/* y = norm(x) row by row, M rows of D values of dtype t; the weight (and bias) as described by n */
+int autolm_norm(int t, const void *x, void *y, int64_t M, int64_t D, const normd *n) {
+    if (t != F32 && t != BF16 && t != F16) return 1;
+    float *row = malloc(sizeof(float) * D);
+    for (int64_t m = 0; m < M; m++) {
+        for (int64_t d = 0; d < D; d++) row[d] = load1(x, m * D + d, t);
+        norm_row(row, n, row, D, t);
+        for (int64_t d = 0; d < D; d++) store1(y, m * D + d, row[d], t);
+    }
+    free(row);
+    return 0;
+}
+
+/* Attention of one query per (row, head): q (B, H, D) contiguous; k, v (B, KVH, S, D) with strides
+ * ks[0..2] / vs[0..2] (D contiguous); out (B, H, D). Scores and softmax in float32, the output rounded
+ * once to dtype t. mask: NULL or bytes over (B, S) with strides (mb, ms), nonzero where a key is seen. */
+int autolm_attend(int t, const void *q, const void *k, const void *v, void *out, int64_t B, int64_t H, int64_t KVH,
+                  int64_t D, int64_t S, const int64_t *ks, const int64_t *vs, const uint8_t *mask, int64_t mb,
+                  int64_t ms, float scaling, int nthreads) {
+    if (t != F32 && t != BF16 && t != F16) return 1;
+    const int64_t rep = H / KVH, size = t == F32 ? 4 : 2;
+    float *scores = malloc(sizeof(float) * B * H * (S + D));
+    if (B * H * S * D < (1 << 14)) nthreads = 1;
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
+    for (int64_t bh = 0; bh < B * H; bh++) {
+        const int64_t m = bh / H, g = (bh % H) / rep;
+        float *p = scores + bh * (S + D), *acc = p + S, top = -INFINITY, total = 0.0f;
+        float qf[D];
+        for (int64_t d = 0; d < D; d++) qf[d] = load1(q, bh * D + d, t);
+        for (int64_t s = 0; s < S; s++) {
+            if (mask && !mask[m * mb + s * ms]) {
+                p[s] = -INFINITY;
+                continue;
+            }
+            p[s] = dot(qf, (const char *)k + (m * ks[0] + g * ks[1] + s * ks[2]) * size, D, t) * scaling;
+            if (p[s] > top) top = p[s];
+        }
+        for (int64_t d = 0; d < D; d++) acc[d] = 0.0f;
+        if (top != -INFINITY) {
+            for (int64_t s = 0; s < S; s++) {
+                p[s] = p[s] == -INFINITY ? 0.0f : expf(p[s] - top);
+                total += p[s];
+            }
+            for (int64_t s = 0; s < S; s++) {
+                if (p[s] == 0.0f) continue;
+                const int64_t at = m * vs[0] + g * vs[1] + s * vs[2];
+                const float w = p[s] / total;
+                for (int64_t d = 0; d < D; d++) acc[d] += w * load1(v, at + d, t);
+            }
+        }
+        for (int64_t d = 0; d < D; d++) store1(out, bh * D + d, acc[d], t);
+    }
+    free(scores);
+    return 0;
+}

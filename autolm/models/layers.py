@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..errors import ConfigError
 from ..kernels import linear
 
@@ -29,6 +30,9 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:  # the fused kernel computes exactly the same in float32
             return F.rms_norm(x, self.weight.shape, self.weight, self.variance_epsilon)
+        fast = kernels.norm(x, self.weight, self.variance_epsilon)  # a few rows (decoding), when loaded
+        if fast is not None:
+            return fast
         # Normalise in float32 and cast back before the weight, as the reference does.
         dtype = x.dtype
         x = x.to(torch.float32)
@@ -310,8 +314,11 @@ def attention(
         probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         out = torch.matmul(probs, v)
     elif q_len == 1 and not causal:
-        # One new token (decoding): two small matmuls per kv head group. sdpa's CPU kernel costs
-        # milliseconds per call here, more than the layer's weights take to stream.
+        # One new token (decoding): the native kernel, else two small matmuls per kv head group. sdpa's
+        # CPU kernel costs milliseconds per call here, more than the layer's weights take to stream.
+        fast = kernels.attend_one(q, k, v, mask, scaling)
+        if fast is not None:
+            return fast.transpose(1, 2)
         B, H, _, D = q.shape
         dtype = q.dtype
         if dtype != torch.float32 and q.device.type == "cpu":
