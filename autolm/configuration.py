@@ -384,7 +384,9 @@ class PretrainedConfig:
         if gguf_file is not None:
             from .gguf import config_from_gguf
 
-            config_dict = config_from_gguf(repo.get(gguf_file))
+            gguf_path = repo.get(gguf_file)
+            config_dict = config_from_gguf(gguf_path)
+            config_dict["_source_file"] = str(gguf_path)
         else:
             config_file = repo.get_optional(CONFIG_NAME)
             if config_file is None:
