@@ -113,6 +113,8 @@ class PreTrainedTokenizerFast:
                 "PreTrainedTokenizerFast needs tokenizer_object=tokenizers.Tokenizer(...) or tokenizer_file=... "
                 "To load a saved tokenizer use AutoTokenizer.from_pretrained(path)."
             )
+        # where the chat template was read from, for error messages (not a setting: never saved)
+        self._chat_template_source: str | None = kwargs.pop("_chat_template_source", None)
         self.init_kwargs = dict(kwargs)
         self.name_or_path = str(kwargs.pop("name_or_path", ""))
         # Padding/truncation stored in tokenizer.json are not call defaults here; keep them to save them back
@@ -690,9 +692,13 @@ class PreTrainedTokenizerFast:
             raise ChatTemplateError("The conversation is empty; pass at least one message.")
         template = self.get_chat_template(chat_template, tools)
         variables = {**self.special_tokens_map, **template_kwargs}
+        own = chat_template is None or (
+            isinstance(self.chat_template, dict) and chat_template in self.chat_template
+        )
         rendered = render_chat_template(
             conversation,
             template,
+            template_source=self._chat_template_source if own else "the chat_template argument",
             add_generation_prompt=add_generation_prompt,
             continue_final_message=continue_final_message,
             tools=tools,
