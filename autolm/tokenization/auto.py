@@ -145,8 +145,10 @@ def load_tokenizer(
         if extra_added:
             backend.add_tokens(extra_added)
         return cls(tokenizer_object=backend, **init)
-    except Exception as e:
-        if type(e) is not Exception:  # the tokenizers library raises plain Exceptions; anything else is a bug
+    except BaseException as e:
+        # the tokenizers library raises plain Exceptions (and a PanicException on some malformed
+        # vocabularies); anything else is a bug and keeps its traceback
+        if type(e) is not Exception and type(e).__name__ != "PanicException":
             raise
         names = ", ".join(str(f) for f in files) or f"the tokenizer files of {repo.name}"
         raise TokenizerError(

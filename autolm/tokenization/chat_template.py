@@ -516,6 +516,11 @@ def _render(compiled, variables: dict, source: str, template_source: str | None)
         raise TemplateSecurityError(
             f"{source} tried an operation the sandbox forbids: {e}. Do not use this template.", files=files
         ) from None
+    except ChatTemplateError as e:  # the sandbox's own refusals: say which template it was
+        e.message = f"{source}: {e.message}"
+        e.args = (e.message,)
+        e.files = files
+        raise
     except AutolmError:
         raise
     except _TemplateLimit as e:

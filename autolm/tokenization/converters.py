@@ -81,6 +81,15 @@ def byte_level_bpe(
     add_prefix_space: bool = False,
 ) -> Tokenizer:
     """GPT-2 (`flavour="gpt2"`) or Qwen2 (`"qwen2"`: NFC + its own split regex) byte-level BPE."""
+    for left, right in merges:
+        # the tokenizers library panics on some merges outside the vocabulary; say which one instead
+        if left not in vocab or right not in vocab or left + right not in vocab:
+            raise TokenizerError(
+                f"merges.txt has the merge {left!r} {right!r}, but vocab.json lacks "
+                f"{next(t for t in (left, right, left + right) if t not in vocab)!r}. The two files do not "
+                "belong together; re-download both.",
+                files=["merges.txt", "vocab.json"],
+            )
     model = BPE(
         vocab=vocab,
         merges=merges,
