@@ -95,6 +95,14 @@ _BOOL_KEYS = (
     "output_attentions",
 )
 _TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+# keys a family's model reads without a None check: null may not replace their defaults
+_REQUIRED = {*_INT_RANGES, *_FLOAT_RANGES, *_BOOL_KEYS, "hidden_act"} - {
+    "num_key_value_heads",
+    "head_dim",
+    "sliding_window",
+    "max_window_layers",
+    "num_labels",
+}
 _LAYER_TYPES = ("full_attention", "sliding_attention")
 # rope_type -> the keys its frequencies are computed from
 _ROPE_NEEDS: dict[str, tuple[str, ...]] = {
@@ -335,6 +343,14 @@ class PretrainedConfig:
             kwargs["dtype"] = kwargs["torch_dtype"]
         num_labels = kwargs.pop("num_labels", None)
         self._source_file = kwargs.pop("_source_file", None) or _SOURCE.get()
+        for key, value in kwargs.items():
+            if value is None and getattr(self, key, None) is not None and key in _REQUIRED:
+                # null in the file would replace the family's default with nothing
+                _Checker({}, self._source_file).fail(
+                    key,
+                    "is null",
+                    f"Write a value (this family's default is {getattr(self, key)!r}) or drop the key.",
+                )
         validate_config({**vars(self), **kwargs, "num_labels": num_labels}, self._source_file)
         for key, value in kwargs.items():
             setattr(self, key, value)

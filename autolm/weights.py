@@ -104,6 +104,10 @@ def _index_shards(index_path: Path) -> list[str]:
         if not isinstance(shard, str) or not shard:
             raise fail(f"weight_map[{name!r}] is {shard!r}, not a file name", f"weight_map.{name}")
         # a shard is a file of this model: an absolute path or a `..` would read files outside its folder
+        if len(shard) > 255:
+            raise fail(
+                f"weight_map[{name!r}] is a file name of {len(shard)} characters", f"weight_map.{name}"
+            )
         parts = shard.replace("\\", "/").split("/")
         if shard.startswith(("/", "\\")) or ".." in parts or ":" in shard or "\0" in shard:
             raise CheckpointError(

@@ -349,7 +349,7 @@ def mutate_safetensors(data: bytes, rng: random.Random) -> bytes:
         header[name][field] = value
     try:
         text = json.dumps(header).encode()
-    except ValueError:
+    except (ValueError, RecursionError):
         return mutate_bytes(data, rng)
     return struct.pack("<Q", len(text)) + text + body
 

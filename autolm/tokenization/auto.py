@@ -201,8 +201,19 @@ _BOOL_KEYS = (
 )
 
 
+def _is_text(value: Any) -> bool:
+    """A str that is valid Unicode text (JSON can spell lone surrogates, which no tokenizer can hold)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _is_token(value: Any) -> bool:
-    return isinstance(value, str) or (isinstance(value, dict) and isinstance(value.get("content"), str))
+    return _is_text(value) or (isinstance(value, dict) and _is_text(value.get("content")))
 
 
 def check_tokenizer_settings(config: dict[str, Any], path: Path | str) -> None:
@@ -262,12 +273,12 @@ def check_tokenizer_settings(config: dict[str, Any], path: Path | str) -> None:
                 fail("added_tokens_decoder", f'{{"content": ...}} for id {index}, not {token!r}')
     template = config.get("chat_template")
     if template is not None and not (
-        isinstance(template, str)
-        or (isinstance(template, dict) and all(isinstance(v, str) for v in template.values()))
+        _is_text(template)
+        or (isinstance(template, dict) and all(_is_text(v) for v in template.values()))
         or (
             isinstance(template, list)
             and all(
-                isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("template"), str)
+                isinstance(t, dict) and isinstance(t.get("name"), str) and _is_text(t.get("template"))
                 for t in template
             )
         )
@@ -395,6 +406,14 @@ def _build_backend(repo: Repo, recipe: str, init: dict[str, Any]):
         from tokenizers import processors
 
         vocab = converters.read_vocab_txt(repo.get("vocab.txt"))
+        unk = _content(init.get("unk_token") or "[UNK]")
+        if unk not in vocab:
+            raise TokenizerError(
+                f"{repo.get('vocab.txt')} has no {unk!r} token (the unk_token), which WordPiece needs for any "
+                "word it cannot split. Re-download vocab.txt, or set unk_token in tokenizer_config.json.",
+                files=[repo.get("vocab.txt")],
+                key="unk_token",
+            )
         tok = converters.wordpiece(
             vocab,
             unk_token=_content(init.get("unk_token") or "[UNK]"),

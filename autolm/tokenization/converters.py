@@ -37,6 +37,14 @@ def read_vocab_json(path: Path) -> dict[str, int]:
             f"{path} holds a {type(vocab).__name__}, expected a JSON object of token -> id.", files=[path]
         )
     for token, index in vocab.items():
+        try:
+            token.encode("utf-8")
+        except UnicodeEncodeError:
+            raise TokenizerError(
+                f"{path}: the token {token!r} holds a lone surrogate, which is not text; re-download the file.",
+                files=[path],
+                key=token,
+            ) from None
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 2**32:
             raise TokenizerError(
                 f"{path}: the token {token!r} has the id {index!r}; ids are integers >= 0. Re-download the file.",

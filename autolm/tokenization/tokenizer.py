@@ -103,7 +103,9 @@ class PreTrainedTokenizerFast:
         elif tokenizer_file is not None:
             try:
                 self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
-            except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+            except BaseException as e:  # tokenizers raises a bare Exception on malformed JSON (or panics)
+                if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+                    raise
                 raise TokenizerError(
                     f"Could not load {tokenizer_file} with the tokenizers library: {e}. The file may be corrupt, "
                     "or written by a newer tokenizers version; upgrade `tokenizers` or re-download it."
