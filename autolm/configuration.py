@@ -177,6 +177,11 @@ class _Checker:
                 self.fail(key, f"is {_short(v[key])}, not true or false", "Write true or false.")
         for key in _TOKEN_ID_KEYS:
             self.token_ids(key, v.get(key))
+        pad, vocab = v.get("pad_token_id"), v.get("vocab_size")
+        if _is_int(pad) and _is_int(vocab) and pad >= vocab:
+            self.fail(
+                "pad_token_id", f"is {pad}, not below vocab_size ({vocab})", "Fix pad_token_id or vocab_size."
+            )
         for key in ("model_type", "hidden_act"):
             if v.get(key) is not None and not isinstance(v[key], str):
                 self.fail(key, f"is {_short(v[key])}, not a string", "Write the name as a string.")
