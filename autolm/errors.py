@@ -102,6 +102,14 @@ class AutolmValueError(AutolmError, ValueError):
     """An argument with a value autolm cannot use was passed to an autolm function."""
 
 
+class AutolmKeyError(AutolmError, KeyError):
+    """A key that does not exist was asked for (e.g. an integer index into a BatchEncoding without encodings)."""
+
+
+class AutolmOSError(AutolmError, OSError):
+    """A class that is built only through from_pretrained was instantiated directly."""
+
+
 class GenerationError(AutolmError, ValueError):
     """Bad arguments to generation (empty prompt, too long a prompt, max_new_tokens <= 0, ...)."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import remote_code
-from ..errors import TokenizerError
+from ..errors import AutolmOSError, TokenizerError
 from ..hub import Repo, open_repo, pop_hub_kwargs
 from . import converters
 from .tokenizer import SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, PreTrainedTokenizerFast
@@ -51,7 +51,7 @@ class AutoTokenizer:
     """Load a tokenizer from a directory or hub id, like `transformers.AutoTokenizer`."""
 
     def __init__(self):
-        raise OSError("AutoTokenizer is built with AutoTokenizer.from_pretrained(name_or_path).")
+        raise AutolmOSError("AutoTokenizer is built with AutoTokenizer.from_pretrained(name_or_path).")
 
     @classmethod
     def from_pretrained(
