@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+# bench/gguf.py would shadow the gguf package: this folder leaves the path, tests/ joins it
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
