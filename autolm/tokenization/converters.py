@@ -45,7 +45,9 @@ def read_vocab_json(path: Path) -> dict[str, int]:
                 files=[path],
                 key=token,
             ) from None
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 2**32:
+        if (
+            not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 2**24
+        ):  # a larger id makes tokenizers allocate that many slots
             raise TokenizerError(
                 f"{path}: the token {token!r} has the id {index!r}; ids are integers >= 0. Re-download the file.",
                 files=[path],
