@@ -6,7 +6,7 @@ import os
 
 from . import models, remote_code
 from .configuration import PretrainedConfig
-from .errors import UnsupportedModelError
+from .errors import AutolmOSError, AutolmValueError, UnsupportedModelError
 
 # Classes users registered, kept apart from the built-in registry so they can never replace it.
 _USER_CONFIGS: dict[str, type[PretrainedConfig]] = {}
@@ -67,7 +67,7 @@ class AutoConfig:
     """`AutoConfig.from_pretrained(path, **overrides)` -> the family's config class."""
 
     def __init__(self):
-        raise OSError(
+        raise AutolmOSError(
             "AutoConfig is built with AutoConfig.from_pretrained(...) or AutoConfig.for_model(...)."
         )
 
@@ -110,15 +110,17 @@ class AutoConfig:
     def register(model_type: str, config: type[PretrainedConfig], exist_ok: bool = False) -> None:
         """Map a new `model_type` to a user config class. A built-in type is never replaced."""
         if models.canonical_model_type(model_type) is not None:
-            raise ValueError(
+            raise AutolmValueError(
                 f"model_type {model_type!r} is built into autolm; register your config under another name."
             )
         if model_type in _USER_CONFIGS and not exist_ok:
-            raise ValueError(
+            raise AutolmValueError(
                 f"model_type {model_type!r} is already registered; pass exist_ok=True to replace it."
             )
         if getattr(config, "model_type", model_type) not in (model_type, ""):
-            raise ValueError(f"{config.__name__}.model_type is {config.model_type!r}, not {model_type!r}.")
+            raise AutolmValueError(
+                f"{config.__name__}.model_type is {config.model_type!r}, not {model_type!r}."
+            )
         _USER_CONFIGS[model_type] = config
 
 
@@ -128,7 +130,9 @@ class _AutoModel:
     _user_models: dict[type, type]
 
     def __init__(self):
-        raise OSError(f"{type(self).__name__} is built with .from_pretrained(...) or .from_config(config).")
+        raise AutolmOSError(
+            f"{type(self).__name__} is built with .from_pretrained(...) or .from_config(config)."
+        )
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -203,11 +207,11 @@ class _AutoModel:
     ) -> None:
         """Map a user config class to a user model class. Built-in config classes cannot be re-mapped."""
         if config_class.__module__.startswith("autolm.models"):
-            raise ValueError(
+            raise AutolmValueError(
                 f"{config_class.__name__} is a built-in config; subclass it (with its own model_type) to register."
             )
         if config_class in cls._user_models and not exist_ok:
-            raise ValueError(
+            raise AutolmValueError(
                 f"{config_class.__name__} is already registered with {cls.__name__}; pass exist_ok=True."
             )
         cls._user_models[config_class] = model_class

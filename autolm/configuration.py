@@ -6,8 +6,10 @@ known or not, survives load -> save -> load.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -28,16 +30,293 @@ def read_json(path: Path) -> dict:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path} is not UTF-8 text ({e}). Re-download or re-save the file.") from None
+    except OSError as e:
+        raise ConfigError(f"Could not read {path}: {e.strerror or e}.", files=[path]) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(
             f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}. "
-            "Fix the file or re-download the model."
+            "Fix the file or re-download the model.",
+            files=[path],
+        ) from None
+    except (ValueError, RecursionError) as e:  # an integer of 10**5 digits, or arrays nested 10**5 deep
+        raise ConfigError(
+            f"{path} is JSON autolm will not read ({type(e).__name__}: {str(e)[:200]}). "
+            "Fix the file or re-download the model.",
+            files=[path],
         ) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object, found {type(data).__name__}.")
+        raise ConfigError(f"{path} must hold a JSON object, found {type(data).__name__}.", files=[path])
     return data
+
+
+# --- checking config values -------------------------------------------------------------------
+#
+# Values are checked when a config is built, before a family's __post_init__ divides by them and long
+# before the model allocates anything: a config.json that asks for 10**9 layers or a head_dim of 10**9
+# fails here with the file and the key, not later as a hang, an out-of-memory or a torch error.
+
+# The source file of the config being built (set by from_dict); names the file in errors.
+_SOURCE: contextvars.ContextVar[str | None] = contextvars.ContextVar("autolm_config_source", default=None)
+
+_DIM_MAX = 2**20
+# key -> (smallest, largest) for positive integer sizes
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "num_hidden_layers": (1, 10**4),
+    "hidden_size": (1, _DIM_MAX),
+    "num_attention_heads": (1, 2**14),
+    "num_key_value_heads": (1, 2**14),
+    "head_dim": (1, 2**16),
+    "intermediate_size": (1, _DIM_MAX),
+    "vocab_size": (1, 2**24),
+    "max_position_embeddings": (1, 2**28),
+    "sliding_window": (1, 2**28),
+    "max_window_layers": (0, 10**4),
+    "num_labels": (1, 10**5),
+}
+# key -> (smallest, largest, whether the smallest itself is allowed) for finite floats
+_FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
+    "rms_norm_eps": (0.0, 1.0, False),
+    "layer_norm_eps": (0.0, 1.0, False),
+    "rope_theta": (0.0, 1e12, False),
+    "initializer_range": (0.0, 1e3, True),
+    "attention_dropout": (0.0, 1.0, True),
+    "partial_rotary_factor": (0.0, 1.0, False),
+}
+_BOOL_KEYS = (
+    "tie_word_embeddings",
+    "attention_bias",
+    "mlp_bias",
+    "use_sliding_window",
+    "use_cache",
+    "is_encoder_decoder",
+    "output_hidden_states",
+    "output_attentions",
+)
+_TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+# keys a family's model reads without a None check: null may not replace their defaults
+_REQUIRED = {*_INT_RANGES, *_FLOAT_RANGES, *_BOOL_KEYS, "hidden_act"} - {
+    "num_key_value_heads",
+    "head_dim",
+    "sliding_window",
+    "max_window_layers",
+    "num_labels",
+}
+_LAYER_TYPES = ("full_attention", "sliding_attention")
+# rope_type -> the keys its frequencies are computed from
+_ROPE_NEEDS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "linear": ("factor",),
+    "dynamic": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor"),
+    "yarn": ("factor",),
+}
+_DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64", "float", "half", "double")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class _Checker:
+    """Checks one config's values; each failure is a ConfigError naming the file and the key."""
+
+    def __init__(self, values: dict[str, Any], source: str | None):
+        self.values = values
+        self.source = source
+
+    def fail(self, key: str, problem: str, fix: str) -> None:
+        where = self.source or "the config"
+        raise ConfigError(
+            f"{where}: {key} {problem}. {fix}",
+            files=[self.source] if self.source else None,
+            key=key,
+        )
+
+    def int_in(self, key: str, value: Any, low: int, high: int) -> None:
+        if not _is_int(value):
+            self.fail(
+                key, f"is {_short(value)} ({type(value).__name__}), not an integer", "Write a whole number."
+            )
+        if not low <= value <= high:
+            self.fail(
+                key,
+                f"is {value}, outside the range autolm accepts ({low} to {high})",
+                "Fix the value: the file is corrupt, or not meant for this model.",
+            )
+
+    def float_in(self, key: str, value: Any, low: float, high: float, low_ok: bool) -> None:
+        if not _is_number(value):
+            self.fail(key, f"is {_short(value)} ({type(value).__name__}), not a number", "Write a number.")
+        if not math.isfinite(value):
+            self.fail(key, f"is {value}", "NaN and Infinity are not usable values; write a finite number.")
+        if value > high or value < low or (value == low and not low_ok):
+            bound = ">=" if low_ok else ">"
+            self.fail(key, f"is {value}, outside {bound} {low} and <= {high}", "Fix the value.")
+
+    def check(self) -> None:
+        v = self.values
+        for key, (low, high) in _INT_RANGES.items():
+            if v.get(key) is not None:
+                self.int_in(key, v[key], low, high)
+        for key, (low, high, low_ok) in _FLOAT_RANGES.items():
+            if v.get(key) is not None:
+                self.float_in(key, v[key], low, high, low_ok)
+        for key in _BOOL_KEYS:
+            if key in v and not isinstance(v[key], bool):
+                self.fail(key, f"is {_short(v[key])}, not true or false", "Write true or false.")
+        for key in _TOKEN_ID_KEYS:
+            self.token_ids(key, v.get(key))
+        pad, vocab = v.get("pad_token_id"), v.get("vocab_size")
+        if _is_int(pad) and _is_int(vocab) and pad >= vocab:
+            self.fail(
+                "pad_token_id", f"is {pad}, not below vocab_size ({vocab})", "Fix pad_token_id or vocab_size."
+            )
+        for key in ("model_type", "hidden_act"):
+            if v.get(key) is not None and not isinstance(v[key], str):
+                self.fail(key, f"is {_short(v[key])}, not a string", "Write the name as a string.")
+        if v.get("architectures") is not None and not (
+            isinstance(v["architectures"], list) and all(isinstance(a, str) for a in v["architectures"])
+        ):
+            self.fail("architectures", f"is {_short(v['architectures'])}", "Write a list of class names.")
+        for key in ("dtype", "torch_dtype"):
+            name = v.get(key)
+            if name is not None and not (
+                (isinstance(name, str) and name.removeprefix("torch.") in (*_DTYPE_NAMES, "auto"))
+                or type(name).__module__ == "torch"
+            ):
+                self.fail(key, f"is {_short(name)}", f"Use one of: {', '.join(_DTYPE_NAMES)}.")
+        self.labels()
+        self.heads()
+        self.layer_types()
+        for key in ("rope_scaling", "rope_parameters"):
+            if v.get(key) is not None:
+                self.rope(key, v[key])
+
+    def token_ids(self, key: str, value: Any) -> None:
+        if value is None:
+            return
+        ids = value if isinstance(value, list) else [value]
+        if not ids or not all(_is_int(i) and 0 <= i < 2**31 for i in ids):
+            self.fail(
+                key,
+                f"is {_short(value)}",
+                "A token id is an integer >= 0 (or a list of them); write null when the model has none.",
+            )
+
+    def labels(self) -> None:
+        id2label = self.values.get("id2label")
+        if id2label is None:
+            return
+        if not isinstance(id2label, dict):
+            self.fail(
+                "id2label", f"is a {type(id2label).__name__}", 'Write an object like {"0": "NEGATIVE"}.'
+            )
+        if len(id2label) > _INT_RANGES["num_labels"][1]:
+            self.fail("id2label", f"has {len(id2label)} labels", "That many labels is not a real classifier.")
+        for k in id2label:
+            if not (_is_int(k) or (isinstance(k, str) and k.strip().lstrip("-").isdigit() and len(k) < 10)):
+                self.fail(
+                    "id2label", f"has the key {_short(k)}, not a label index", 'Keys are indices: "0", "1".'
+                )
+        label2id = self.values.get("label2id")
+        if label2id is not None and not isinstance(label2id, dict):
+            self.fail("label2id", f"is a {type(label2id).__name__}", 'Write an object like {"NEGATIVE": 0}.')
+
+    def heads(self) -> None:
+        v = self.values
+        hidden, heads, kv, head_dim = (
+            v.get("hidden_size"),
+            v.get("num_attention_heads"),
+            v.get("num_key_value_heads"),
+            v.get("head_dim"),
+        )
+        if heads is None:
+            return
+        if head_dim is None and hidden is not None and hidden % heads:
+            self.fail(
+                "num_attention_heads",
+                f"({heads}) does not divide hidden_size ({hidden}) and there is no head_dim",
+                "Fix one of them, or give head_dim explicitly.",
+            )
+        if kv is not None and heads % kv:
+            self.fail(
+                "num_key_value_heads",
+                f"({kv}) does not divide num_attention_heads ({heads})",
+                "Each key/value head serves a whole group of query heads; fix one of the two.",
+            )
+        dim = head_dim if head_dim is not None else (hidden // heads if hidden is not None else None)
+        if dim is not None and dim * heads > 4 * _DIM_MAX:
+            self.fail(
+                "head_dim",
+                f"({dim}) times num_attention_heads ({heads}) is {dim * heads} features per token",
+                "Fix head_dim or num_attention_heads; no real model is that wide.",
+            )
+
+    def layer_types(self) -> None:
+        types, layers = self.values.get("layer_types"), self.values.get("num_hidden_layers")
+        if types is None:
+            return
+        if not isinstance(types, list) or not all(t in _LAYER_TYPES for t in types):
+            self.fail(
+                "layer_types",
+                f"is {_short(types)}",
+                f"Write a list of {' / '.join(map(repr, _LAYER_TYPES))}.",
+            )
+        if layers is not None and len(types) != layers:
+            self.fail(
+                "layer_types",
+                f"lists {len(types)} layers but num_hidden_layers is {layers}",
+                "Give one entry per layer.",
+            )
+
+    def rope(self, key: str, params: Any) -> None:
+        if not isinstance(params, dict):
+            self.fail(
+                key, f"is {_short(params)}", 'Write an object like {"rope_type": "linear", "factor": 2.0}.'
+            )
+        kind = params.get("rope_type", params.get("type", "default"))
+        if not isinstance(kind, str):
+            self.fail(f"{key}.rope_type", f"is {_short(kind)}", f"Use one of: {', '.join(_ROPE_NEEDS)}.")
+        for name in _ROPE_NEEDS.get(kind, ()):
+            if name not in params:
+                self.fail(key, f"has rope_type {kind!r} but no {name!r}", f"Add {name!r} to {key}.")
+        for name, value in params.items():
+            if name in ("rope_type", "type", "truncate", "long_factor", "short_factor", "mrope_section"):
+                continue
+            if value is not None:
+                self.float_in(f"{key}.{name}", value, 0.0, 1e12, name not in ("factor", "rope_theta"))
+        if kind == "llama3" and params["high_freq_factor"] == params["low_freq_factor"]:
+            self.fail(
+                key, "has high_freq_factor equal to low_freq_factor", "llama3 RoPE needs them to differ."
+            )
+        if kind == "dynamic" or kind == "yarn":
+            dim = self.values.get("head_dim") or (
+                (self.values.get("hidden_size") or 0) // (self.values.get("num_attention_heads") or 1)
+            )
+            if dim * params.get("partial_rotary_factor", 1.0) <= 2:
+                self.fail(
+                    key, f"has rope_type {kind!r} with a rotary dimension of {dim}", "It needs more than 2."
+                )
+
+
+def validate_config(values: dict[str, Any], source: str | None = None) -> None:
+    """Check the well-known keys of a config's values (types, ranges, consistency).
+
+    Raises:
+        ConfigError: naming `source` (the file) and the key, and what to write instead.
+    """
+    _Checker(values, source).check()
 
 
 class PretrainedConfig:
@@ -68,6 +347,16 @@ class PretrainedConfig:
         if "torch_dtype" in kwargs and "dtype" not in kwargs:
             kwargs["dtype"] = kwargs["torch_dtype"]
         num_labels = kwargs.pop("num_labels", None)
+        self._source_file = kwargs.pop("_source_file", None) or _SOURCE.get()
+        for key, value in kwargs.items():
+            if value is None and getattr(self, key, None) is not None and key in _REQUIRED:
+                # null in the file would replace the family's default with nothing
+                _Checker({}, self._source_file).fail(
+                    key,
+                    "is null",
+                    f"Write a value (this family's default is {getattr(self, key)!r}) or drop the key.",
+                )
+        validate_config({**vars(self), **kwargs, "num_labels": num_labels}, self._source_file)
         for key, value in kwargs.items():
             setattr(self, key, value)
         self._set_labels(num_labels)
@@ -142,7 +431,9 @@ class PretrainedConfig:
         if gguf_file is not None:
             from .gguf import config_from_gguf
 
-            config_dict = config_from_gguf(repo.get(gguf_file))
+            gguf_path = repo.get(gguf_file)
+            config_dict = config_from_gguf(gguf_path)
+            config_dict["_source_file"] = str(gguf_path)
         else:
             config_file = repo.get_optional(CONFIG_NAME)
             if config_file is None:
@@ -166,14 +457,19 @@ class PretrainedConfig:
     @classmethod
     def from_dict(cls, config_dict: dict, return_unused_kwargs: bool = False, **kwargs):
         config_dict = dict(config_dict)
-        config_dict.pop("_source_file", None)
-        config = cls(**config_dict)
+        token = _SOURCE.set(config_dict.pop("_source_file", None))
+        try:
+            config = cls(**config_dict)
+        finally:
+            _SOURCE.reset(token)
         unused = config.update_known(kwargs)
+        if len(unused) < len(kwargs):
+            validate_config({**vars(config), "num_labels": None}, "the keyword arguments")
         return (config, unused) if return_unused_kwargs else config
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike):
-        return cls(**read_json(Path(path)))
+        return cls(**read_json(Path(path)), _source_file=str(path))
 
     def update_known(self, kwargs: dict) -> dict:
         """Set the kwargs that are config attributes; return the others."""
@@ -235,6 +531,58 @@ class PretrainedConfig:
         return self
 
 
+# generation setting -> (smallest, largest) for integers
+_GEN_INTS: dict[str, tuple[int, int]] = {
+    "max_length": (1, 2**31 - 1),
+    "max_new_tokens": (1, 2**31 - 1),
+    "min_length": (0, 2**31 - 1),
+    "min_new_tokens": (0, 2**31 - 1),
+    "top_k": (0, 2**31 - 1),
+    "num_return_sequences": (1, 2**10),
+    "num_beams": (1, 2**10),
+    "no_repeat_ngram_size": (0, 2**10),
+}
+# generation setting -> (smallest, largest, whether the smallest itself is allowed) for floats
+_GEN_FLOATS: dict[str, tuple[float, float, bool]] = {
+    "temperature": (0.0, 1e6, True),
+    "top_p": (0.0, 1.0, True),
+    "min_p": (0.0, 1.0, True),
+    "typical_p": (0.0, 1.0, True),
+    "repetition_penalty": (0.0, 1e6, False),
+    "length_penalty": (-1e6, 1e6, True),
+}
+_GEN_BOOLS = ("do_sample", "use_cache", "output_scores", "return_dict_in_generate", "renormalize_logits")
+
+
+def validate_generation_config(values: dict[str, Any], source: str | None = None) -> None:
+    """Check the settings generate() reads from generation_config.json.
+
+    Raises:
+        ConfigError: naming `source` (the file) and the key, and what to write instead.
+    """
+    check = _Checker(values, source)
+    for key, (low, high) in _GEN_INTS.items():
+        if values.get(key) is not None:
+            check.int_in(key, values[key], low, high)
+    for key, (low, high, low_ok) in _GEN_FLOATS.items():
+        if values.get(key) is not None:
+            check.float_in(key, values[key], low, high, low_ok)
+    for key in _GEN_BOOLS:
+        if values.get(key) is not None and not isinstance(values[key], bool):
+            check.fail(key, f"is {_short(values[key])}, not true or false", "Write true or false.")
+    for key in (*_TOKEN_ID_KEYS, "decoder_start_token_id"):
+        check.token_ids(key, values.get(key))
+    stop = values.get("stop_strings")
+    if stop is not None and not (
+        (isinstance(stop, str) and stop)
+        or (isinstance(stop, list) and all(isinstance(s, str) and s for s in stop) and len(stop) <= 1024)
+    ):
+        check.fail("stop_strings", f"is {_short(stop)}", "Write a non-empty string or a list of them.")
+    for key in ("cache_implementation",):
+        if values.get(key) is not None and not isinstance(values[key], str):
+            check.fail(key, f"is {_short(values[key])}, not a string", "Write a name such as 'static'.")
+
+
 # transformers 5 spells it with a capital C; both names work.
 PreTrainedConfig = PretrainedConfig
 
@@ -262,6 +610,7 @@ class GenerationConfig:
     }
 
     def __init__(self, **kwargs: Any):
+        validate_generation_config(kwargs, kwargs.pop("_source_file", None) or "the generation settings")
         for key, value in self.defaults.items():
             setattr(self, key, value)
         for key, value in kwargs.items():
@@ -274,10 +623,15 @@ class GenerationConfig:
         repo = open_repo(pretrained_model_name_or_path, **pop_hub_kwargs(kwargs))
         path = repo.get_optional(GENERATION_CONFIG_NAME)
         if path is None:
-            raise ConfigError(f"{repo.name} has no {GENERATION_CONFIG_NAME}.")
-        config = cls(**read_json(path))
+            raise ConfigError(f"{repo.name} has no {GENERATION_CONFIG_NAME}.", repo_id=repo.name)
+        config = cls.from_json_file(path)
         config.update(**kwargs)
         return config
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> GenerationConfig:
+        """Read generation_config.json; its values are checked here, not at the first generate()."""
+        return cls(**read_json(Path(path)), _source_file=str(path))
 
     @classmethod
     def from_model_config(cls, config: PretrainedConfig) -> GenerationConfig:

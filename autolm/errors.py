@@ -8,7 +8,36 @@ from __future__ import annotations
 
 
 class AutolmError(Exception):
-    """Base of every error autolm raises on purpose."""
+    """Base of every error autolm raises on purpose.
+
+    The message is for people; the keyword fields are for code that wants to act on the error
+    (which files, which repo and revision, which config key, which model types would work).
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        files: list[str] | None = None,
+        repo_id: str | None = None,
+        revision: str | None = None,
+        missing_keys: list[str] | None = None,
+        model_type: str | None = None,
+        supported: list[str] | None = None,
+        key: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.files = [str(f) for f in files] if files is not None else None
+        self.repo_id = repo_id
+        self.revision = revision
+        self.missing_keys = list(missing_keys) if missing_keys is not None else None
+        self.model_type = model_type
+        self.supported = list(supported) if supported is not None else None
+        self.key = key
+
+    def __str__(self) -> str:
+        return self.message
 
 
 # --- files and repositories -------------------------------------------------------------------
@@ -63,6 +92,22 @@ class ChatTemplateError(AutolmError, ValueError):
 
 class TemplateSecurityError(ChatTemplateError):
     """A chat template tried to reach Python internals, the file system or the OS."""
+
+
+class AutolmTypeError(AutolmError, TypeError):
+    """An argument of the wrong type was passed to an autolm function."""
+
+
+class AutolmValueError(AutolmError, ValueError):
+    """An argument with a value autolm cannot use was passed to an autolm function."""
+
+
+class AutolmKeyError(AutolmError, KeyError):
+    """A key that does not exist was asked for (e.g. an integer index into a BatchEncoding without encodings)."""
+
+
+class AutolmOSError(AutolmError, OSError):
+    """A class that is built only through from_pretrained was instantiated directly."""
 
 
 class GenerationError(AutolmError, ValueError):

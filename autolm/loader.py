@@ -294,7 +294,17 @@ def assign_weights(
     targets = dict(model.named_parameters(remove_duplicate=False))
     targets.update((n, b) for n, b in model.named_buffers() if _is_persistent(model, n))
     expected = set(targets) - tied
+    files = [str(f) for f in getattr(state, "files", [])]  # a StateDict from load_checkpoint knows them
     state = _match_prefix(model, expected, state)
+    if expected and not expected & set(state):
+        source = ", ".join(files) if files else "the state_dict passed"
+        raise CheckpointError(
+            f"{source} provide(s) none of the {len(expected)} weights {type(model).__name__} needs (e.g. "
+            f"{sorted(expected)[0]}; found {len(state)} tensors{', e.g. ' + sorted(state)[0] if state else ''}). "
+            "The model would be all random: pass the checkpoint of this architecture.",
+            files=files or None,
+            missing_keys=sorted(expected),
+        )
 
     mismatched = [(k, tuple(state[k].shape), tuple(targets[k].shape)) for k in expected & set(state)]
     mismatched = [m for m in mismatched if m[1] != m[2]]

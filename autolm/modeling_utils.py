@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .configuration import CONFIG_NAME, GENERATION_CONFIG_NAME, GenerationConfig, PretrainedConfig
+from .errors import AutolmTypeError
 
 
 class ModelOutput(dict):
@@ -53,7 +54,7 @@ class PreTrainedModel(nn.Module):
     def __init__(self, config: PretrainedConfig, *args, **kwargs):
         super().__init__()
         if not isinstance(config, PretrainedConfig):
-            raise TypeError(
+            raise AutolmTypeError(
                 f"{type(self).__name__} needs a PretrainedConfig, got {type(config).__name__}. "
                 f"Build one with AutoConfig.from_pretrained(...) or {self.config_class.__name__ if self.config_class else 'a config class'}(...)."
             )

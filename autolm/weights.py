@@ -50,6 +50,20 @@ SAFETENSORS_DTYPES = {
 }
 
 
+# A safetensors header is JSON of a few hundred bytes per tensor; more than this is not a real checkpoint.
+MAX_HEADER_BYTES = 100 * 2**20
+
+
+class StateDict(dict):
+    """The tensors of a checkpoint, remembering the files they came from (for error messages)."""
+
+    files: list[Path]
+
+    def __init__(self, *args, files: list[Path] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.files = list(files or [])
+
+
 def checkpoint_files(repo: Repo) -> list[Path]:
     """The weight files of one format (safetensors preferred), every shard checked present before any load."""
     for single, index in ((SAFE_WEIGHTS, SAFE_INDEX), (BIN_WEIGHTS, BIN_INDEX)):
@@ -62,75 +76,156 @@ def checkpoint_files(repo: Repo) -> list[Path]:
             if missing:
                 raise CheckpointError(
                     f"{index_path} names shard(s) that are not in {repo.name}: {', '.join(missing)}. "
-                    "Re-download the model; the checkpoint is incomplete."
+                    "Re-download the model; the checkpoint is incomplete.",
+                    files=[index_path],
+                    missing_keys=missing,
                 )
             return repo.fetch(shards)
     raise CheckpointError(
         f"No weights found in {repo.name}: looked for {SAFE_WEIGHTS}, {SAFE_INDEX}, {BIN_WEIGHTS} and {BIN_INDEX}. "
-        "Pass the directory of a complete checkpoint, or gguf_file= for a GGUF file."
+        "Pass the directory of a complete checkpoint, or gguf_file= for a GGUF file.",
+        repo_id=repo.name,
     )
 
 
 def _index_shards(index_path: Path) -> list[str]:
+    """The shard file names of a weight index, each a plain name inside the model folder."""
+
+    def fail(problem: str, key: str | None = None) -> CheckpointError:
+        return CheckpointError(
+            f"{index_path} is not a valid weight index: {problem}. Re-download it.",
+            files=[index_path],
+            key=key,
+        )
+
     try:
-        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{index_path} is not a valid weight index ({e!r}); re-download it.") from None
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise fail("it is not UTF-8 text") from None
+    except (ValueError, RecursionError) as e:
+        raise fail(f"it is not JSON ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(index, dict):
+        raise fail(f"it holds a {type(index).__name__}, not a JSON object")
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise fail("'weight_map' is missing or not an object of tensor name -> shard file", "weight_map")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard:
+            raise fail(f"weight_map[{name!r}] is {shard!r}, not a file name", f"weight_map.{name}")
+        # a shard is a file of this model: an absolute path or a `..` would read files outside its folder
+        if len(shard) > 255:
+            raise fail(
+                f"weight_map[{name!r}] is a file name of {len(shard)} characters", f"weight_map.{name}"
+            )
+        parts = shard.replace("\\", "/").split("/")
+        if shard.startswith(("/", "\\")) or ".." in parts or ":" in shard or "\0" in shard:
+            raise CheckpointError(
+                f"{index_path} names the shard {shard!r} for {name!r}, which is not a file inside the model "
+                "folder (absolute paths and '..' are refused). The index is corrupt or hostile; do not use it.",
+                files=[index_path],
+                key=f"weight_map.{name}",
+            )
     return sorted(set(weight_map.values()))
 
 
-def load_checkpoint(paths: list[Path]) -> dict[str, torch.Tensor]:
-    """All tensors of the given files, memory-mapped. Nothing is read until a tensor is used."""
-    state: dict[str, torch.Tensor] = {}
+def load_checkpoint(paths: list[Path]) -> StateDict:
+    """All tensors of the given files, memory-mapped. Nothing is read until a tensor is used.
+
+    Raises:
+        CheckpointError: a file is corrupt, or the files hold no tensor at all.
+    """
+    state = StateDict(files=paths)
     for path in paths:
         state.update(map_safetensors(path) if path.suffix == ".safetensors" else load_bin(path))
+    if not state:
+        names = ", ".join(str(p) for p in paths)
+        raise CheckpointError(
+            f"{names} hold(s) no tensors: the checkpoint is empty, so the model would have only random weights. "
+            "Re-download or re-save the model.",
+            files=paths,
+        )
     return state
 
 
 def map_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors file as views of one copy-on-write mapping of the file."""
+
+    def fail(problem: str, key: str | None = None) -> CheckpointError:
+        return CheckpointError(
+            f"{path} is not a valid safetensors file: {problem}. Re-download or re-save it.",
+            files=[path],
+            key=key,
+        )
+
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise CheckpointError(f"{path} is truncated ({size} bytes): re-download or re-save it.")
+            raise fail(f"it is truncated ({size} bytes)")
         (header_len,) = struct.unpack("<Q", head)
-        if header_len > size - 8:
-            raise CheckpointError(
-                f"{path} is truncated or not a safetensors file (header of {header_len} bytes, file of {size}). "
-                "Re-download or re-save it."
+        if header_len > size - 8 or header_len > MAX_HEADER_BYTES:
+            raise fail(
+                f"it declares a header of {header_len} bytes in a file of {size} (truncated or corrupt)"
             )
         try:
-            header = json.loads(f.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CheckpointError(
-                f"{path} has a corrupt safetensors header; re-download or re-save it."
-            ) from None
-    header.pop("__metadata__", None)
+            header = json.loads(f.read(header_len).decode("utf-8"))
+        except (ValueError, RecursionError):
+            raise fail("the JSON header is corrupt") from None
+    if not isinstance(header, dict):
+        raise fail(f"the header is a {type(header).__name__}, not a JSON object")
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not isinstance(metadata, dict):
+        raise fail("__metadata__ is not an object", "__metadata__")
     data_start = 8 + header_len
     if not header:
         return {}
+    entries = []
+    for name, info in header.items():
+        if not isinstance(info, dict):
+            raise fail(f"tensor {name!r} has the header entry {info!r}, not an object", name)
+        dtype = SAFETENSORS_DTYPES.get(info.get("dtype")) if isinstance(info.get("dtype"), str) else None
+        if dtype is None:
+            raise fail(
+                f"tensor {name!r} has dtype {info.get('dtype')!r}; known: {', '.join(SAFETENSORS_DTYPES)}",
+                name,
+            )
+        shape, offsets = info.get("shape"), info.get("data_offsets")
+        if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < 2**53 for d in shape):
+            raise fail(f"tensor {name!r} has the shape {shape!r}, not a list of integers >= 0", name)
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(type(o) is int and 0 <= o < 2**63 for o in offsets)
+            or offsets[1] < offsets[0]
+        ):
+            raise fail(
+                f"tensor {name!r} has data_offsets {offsets!r}, not [start, end] with end >= start", name
+            )
+        start, end = data_start + offsets[0], data_start + offsets[1]
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        if end - start != math.prod(shape) * itemsize or end > size:
+            raise fail(
+                f"tensor {name!r} claims bytes {start}..{end} for shape {shape} {info['dtype']}, but the file has "
+                f"{size} bytes (truncated or corrupt)",
+                name,
+            )
+        entries.append((start, end, name, dtype, shape))
+    reach, last = data_start, None  # the furthest byte a tensor so far covers, and that tensor
+    for start, end, name, *_ in sorted(entries):
+        if end == start:
+            continue
+        if start < reach:
+            raise fail(f"tensors {last!r} and {name!r} overlap in the file", name)
+        reach, last = end, name
     with open(path, "rb") as f:
         # private (copy-on-write): writing into a loaded weight never touches the file
         mapping = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     data = torch.frombuffer(mapping, dtype=torch.uint8)  # keeps `mapping` alive as long as any tensor
     _MAPPINGS.append((data.data_ptr(), data.data_ptr() + size, weakref.ref(mapping)))
     tensors = {}
-    for name, info in header.items():
-        try:
-            dtype = SAFETENSORS_DTYPES[info["dtype"]]
-            shape = [int(d) for d in info["shape"]]
-            start, end = (data_start + int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info!r}.") from None
-        itemsize = torch.empty(0, dtype=dtype).element_size()
-        if end - start != math.prod(shape) * itemsize or end > size or start < data_start:
-            raise CheckpointError(
-                f"{path}: tensor {name!r} claims bytes {start}..{end} for shape {shape} {info['dtype']}, "
-                f"but the file has {size} bytes. The file is truncated or corrupt: re-download or re-save it."
-            )
+    for start, end, name, dtype, shape in entries:
         t = data[start:end]
-        if start % itemsize:
+        if start % t.new_empty(0, dtype=dtype).element_size():
             t = t.clone()  # unaligned in the file: one copy of this tensor is the price
         tensors[name] = t.view(dtype).view(shape)
     return tensors
@@ -172,12 +267,21 @@ def load_bin(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"Could not load {path} safely ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
             "It is corrupt, truncated, or holds objects other than tensors (which autolm never unpickles). "
-            "Re-download it, or convert it to safetensors."
+            "Re-download it, or convert it to safetensors.",
+            files=[path],
         ) from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict of tensors.")
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict of tensors.", files=[path])
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    for name, value in state.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"{path} holds {type(value).__name__} under the key {name!r}, where a checkpoint holds only "
+                "tensors. The file is not a model checkpoint (or not only one); re-save the model's state_dict.",
+                files=[path],
+                key=str(name),
+            )
     return state
 
 

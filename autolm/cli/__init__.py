@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("interrupted", file=sys.stderr)
         return 130
-    except (AutolmError, OSError, ValueError, ImportError) as e:
+    except AutolmError as e:  # a bug (any other exception) shows its traceback
         if getattr(args, "debug", False):
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -98,11 +98,21 @@ def config_from_gguf(path_or_reader: str | PathLike[str] | GGUFFile) -> dict:
     family = family_of(gguf)
     arch = gguf.architecture
 
-    def key(name: str, default=None, required: bool = False):
-        return gguf.require(f"{arch}.{name}") if required else gguf.get(f"{arch}.{name}", default)
+    def key(name: str, default=None, required: bool = False, kind: type = int):
+        # typed: a string where a count belongs fails here, naming the key, not deep in the model
+        if required:
+            return gguf.require(f"{arch}.{name}", kind)
+        return gguf.get(f"{arch}.{name}", default, kind)
 
     hidden = key("embedding_length", required=True)
     heads = key("attention.head_count", required=True)
+    if heads <= 0:
+        raise GGUFError(
+            f"GGUF file {gguf.path}: {arch}.attention.head_count is {heads}; a model needs at least one head. "
+            "The file is corrupt; convert it again.",
+            files=[gguf.path],
+            key=f"{arch}.attention.head_count",
+        )
     config: dict = {
         "model_type": family.model_type,
         "architectures": [family.architecture],
@@ -113,7 +123,7 @@ def config_from_gguf(path_or_reader: str | PathLike[str] | GGUFFile) -> dict:
         "num_attention_heads": heads,
         "num_key_value_heads": key("attention.head_count_kv", heads),
         "max_position_embeddings": key("context_length", 2048),
-        "rms_norm_eps": key("attention.layer_norm_rms_epsilon", 1e-6),
+        "rms_norm_eps": key("attention.layer_norm_rms_epsilon", 1e-6, kind=float),
         "hidden_act": "silu",
     }
     if family.head_dim:
@@ -124,7 +134,7 @@ def config_from_gguf(path_or_reader: str | PathLike[str] | GGUFFile) -> dict:
         config["attention_bias"] = "blk.0.attn_q.bias" in gguf.tensors
         config["mlp_bias"] = False
 
-    rope_theta = key("rope.freq_base")
+    rope_theta = key("rope.freq_base", kind=float)
     if rope_theta is None:
         rope_theta = 10000.0
         logger.info("%s has no %s.rope.freq_base; using rope_theta=%s", gguf.path, arch, rope_theta)
@@ -144,7 +154,7 @@ def config_from_gguf(path_or_reader: str | PathLike[str] | GGUFFile) -> dict:
         ("pad_token_id", "padding_token_id"),
         ("unk_token_id", "unknown_token_id"),
     ):
-        value = gguf.get(f"tokenizer.ggml.{gguf_key}")
+        value = gguf.get(f"tokenizer.ggml.{gguf_key}", kind=int)
         if value is not None:
             config[name] = value
     dtype = _float_dtype(gguf)
@@ -153,13 +163,13 @@ def config_from_gguf(path_or_reader: str | PathLike[str] | GGUFFile) -> dict:
 
 
 def _vocab_size(gguf: GGUFFile) -> int:
-    size = gguf.get(f"{gguf.architecture}.vocab_size")
+    size = gguf.get(f"{gguf.architecture}.vocab_size", kind=int)
     if size is not None:
         return size
     embedding = gguf.tensors.get("token_embd.weight")
     if embedding is not None:
         return int(embedding.shape[-1])  # GGUF dims are reversed: (hidden, vocab)
-    tokens = gguf.get("tokenizer.ggml.tokens")
+    tokens = gguf.get("tokenizer.ggml.tokens", kind=list)
     if tokens is not None:
         return len(tokens)
     raise GGUFError(
@@ -169,12 +179,12 @@ def _vocab_size(gguf: GGUFFile) -> int:
 
 
 def _rope_scaling(gguf: GGUFFile, arch: str) -> dict | None:
-    kind = gguf.get(f"{arch}.rope.scaling.type")
-    factor = gguf.get(f"{arch}.rope.scaling.factor")
+    kind = gguf.get(f"{arch}.rope.scaling.type", kind=str)
+    factor = gguf.get(f"{arch}.rope.scaling.factor", kind=float)
     if kind in (None, "none") or factor is None:
         return None
     scaling = {"rope_type": kind, "factor": factor}
-    original = gguf.get(f"{arch}.rope.scaling.original_context_length")
+    original = gguf.get(f"{arch}.rope.scaling.original_context_length", kind=int)
     if original is not None:
         scaling["original_max_position_embeddings"] = original
     return scaling
@@ -228,8 +238,14 @@ def iter_gguf_tensors(
     gguf = read_gguf(path_or_reader)
     family = family_of(gguf)
     arch = gguf.architecture
-    heads = gguf.require(f"{arch}.attention.head_count")
-    kv_heads = gguf.get(f"{arch}.attention.head_count_kv", heads)
+    heads = gguf.require(f"{arch}.attention.head_count", int)
+    kv_heads = gguf.get(f"{arch}.attention.head_count_kv", heads, int)
+    if not gguf.tensors:
+        raise GGUFError(
+            f"GGUF file {gguf.path} holds no tensors (its metadata only): there are no weights to load. "
+            "Use a GGUF converted with its weights.",
+            files=[gguf.path],
+        )
     for name, tensor in gguf.tensors.items():
         target = hf_name(family, name)
         if target is None:
@@ -244,6 +260,15 @@ def iter_gguf_tensors(
         shape = tuple(int(dim) for dim in reversed(tensor.shape.tolist()))
         data = tensor.data
         if family.permute_qk and (".attn_q." in name or ".attn_k." in name):
+            groups = heads if ".attn_q." in name else kv_heads
+            if groups <= 0 or not shape or shape[0] % (2 * groups):
+                raise GGUFError(
+                    f"GGUF file {gguf.path}: tensor {name!r} has {shape[0] if shape else 0} rows, which do not "
+                    f"split into {groups} heads of rotary pairs (attention.head_count / head_count_kv). "
+                    "The file is corrupt; convert it again.",
+                    files=[gguf.path],
+                    key=name,
+                )
             # rows hold whole blocks, so the stored (possibly quantized) rows are reordered before unpacking
             data = data[unpermute_rows(shape[0], heads if ".attn_q." in name else kv_heads)]
         value = dequantize(data, tensor.tensor_type, shape, dtype, name=name, where=str(gguf.path))

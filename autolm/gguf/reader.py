@@ -10,6 +10,7 @@ the same file one after the other.
 from __future__ import annotations
 
 import logging
+import math
 import mmap
 import struct
 from collections import OrderedDict
@@ -51,6 +52,8 @@ _PLAIN_TYPES = {
     GGMLQuantizationType.I64: np.int64,
 }
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+_MAX_DEPTH = 8  # arrays of arrays: real files nest one or two deep
+_MAX_DIMS = 8  # ggml tensors have at most 4 dimensions
 _CACHE_SIZE = 4
 
 
@@ -101,15 +104,27 @@ class _Cursor:
         self.offset = offset
         raise ValueError(f"a string array runs past the end of the file at byte {offset} (truncated)")
 
-    def value(self, kind: int) -> Any:
+    def value(self, kind: int, depth: int = 0) -> Any:
         if kind == _STRING:
             return self.string()
         if kind == _ARRAY:
+            if depth >= _MAX_DEPTH:
+                raise ValueError(f"arrays are nested more than {_MAX_DEPTH} deep")
             item_kind, count = self.u32(), self.u64()
+            # each item takes at least a byte (an array's at least 12): a count the rest of the file
+            # cannot hold is corrupt, and is refused before anything is allocated for it
+            least = (
+                12 if item_kind == _ARRAY else 8 if item_kind == _STRING else self._dtype(item_kind).itemsize
+            )
+            if count * least > self.size - self.offset:
+                raise ValueError(
+                    f"an array of {count} items at byte {self.offset} does not fit in the file (truncated)"
+                )
             if item_kind == _STRING:
                 return self.strings(count)
             if item_kind == _ARRAY:
-                return [self.value(self.u32()) for _ in range(count)]
+                # gguf.GGUFWriter writes the items of a nested array without a type tag of their own
+                return [self.value(_ARRAY, depth + 1) for _ in range(count)]
             dtype = self._dtype(item_kind)
             start = self.take(dtype.itemsize * count)
             return np.frombuffer(self.buffer, dtype, count, start).tolist()
@@ -136,7 +151,7 @@ class GGUFTensor:
         self.name = name
         self.tensor_type = tensor_type
         self.shape = shape
-        self.n_elements = int(np.prod(shape, dtype=np.int64))
+        self.n_elements = math.prod(int(d) for d in shape.tolist())
         block_elems, block_bytes = GGML_QUANT_SIZES[tensor_type]
         self.n_bytes = self.n_elements * block_bytes // block_elems
         self.data_offset = data_offset
@@ -193,6 +208,9 @@ def _parse(buffer: mmap.mmap) -> _Parsed:
     if version not in (2, 3):
         raise ValueError(f"GGUF version {version} is not supported (2 and 3 are)")
     n_tensors, n_fields = cursor.u64(), cursor.u64()
+    # a metadata entry takes at least 13 bytes and a tensor entry 24: larger counts cannot be true
+    if n_fields * 13 + n_tensors * 24 > cursor.size:
+        raise ValueError(f"the header counts {n_fields} metadata keys and {n_tensors} tensors (truncated)")
     fields: dict[str, Any] = {}
     for _ in range(n_fields):
         key = cursor.string()
@@ -201,12 +219,25 @@ def _parse(buffer: mmap.mmap) -> _Parsed:
     for _ in range(n_tensors):
         name = cursor.string()
         n_dims = cursor.u32()
+        if n_dims > _MAX_DIMS:
+            raise ValueError(f"tensor {name!r} has {n_dims} dimensions")
         start = cursor.take(8 * n_dims)
         dims = tuple(np.frombuffer(buffer, "<u8", n_dims, start).tolist())
-        kind = GGMLQuantizationType(cursor.u32())
+        raw_kind = cursor.u32()
+        try:
+            kind = GGMLQuantizationType(raw_kind)
+        except ValueError:
+            raise ValueError(f"tensor {name!r} has the unknown ggml type {raw_kind}") from None
+        if kind not in GGML_QUANT_SIZES:
+            raise ValueError(f"tensor {name!r} has the ggml type {kind.name}, which has no known block size")
+        block_elems = GGML_QUANT_SIZES[kind][0]
+        if dims and dims[0] % block_elems:
+            raise ValueError(
+                f"tensor {name!r} has rows of {dims[0]} values, not whole {kind.name} blocks of {block_elems}"
+            )
         infos.append((name, kind, dims, cursor.u64()))
     alignment = fields.get("general.alignment", 32)
-    if not isinstance(alignment, int) or alignment <= 0:
+    if not isinstance(alignment, int) or isinstance(alignment, bool) or not 0 < alignment <= 2**20:
         raise ValueError(f"general.alignment is {alignment!r}, not a positive integer")
     data_start = -(-cursor.offset // alignment) * alignment
     tensors = [(name, kind, dims, data_start + offset) for name, kind, dims, offset in infos]
@@ -217,6 +248,16 @@ def _parse(buffer: mmap.mmap) -> _Parsed:
 
 class _BigEndian(Exception):
     pass
+
+
+def _is_kind(value: Any, kind: type, items: type | None = None) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if not isinstance(value, kind):
+        return False
+    return items is None or all(_is_kind(item, items) for item in value)
 
 
 class GGUFFile:
@@ -242,24 +283,43 @@ class GGUFFile:
     def __contains__(self, key: str) -> bool:
         return key in self.fields
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """The value of metadata `key` (str, int, float, bool or a list of those), or `default`."""
-        return self.fields.get(key, default)
+    def get(self, key: str, default: Any = None, kind: type | None = None, items: type | None = None) -> Any:
+        """The value of metadata `key` (str, int, float, bool or a list of those), or `default`.
 
-    def require(self, key: str) -> Any:
-        """The value of metadata `key`; a GGUFError naming the key and the file when it is absent."""
-        value = self.get(key)
+        With `kind` (and `items` for a list's elements) the value is checked: a GGUFError naming the
+        key and the file when it has another type. An int is accepted where a float is asked for.
+        """
+        value = self.fields.get(key)
+        if value is None:
+            return default
+        if kind is not None and not _is_kind(value, kind, items):
+            wanted = kind.__name__ + (f" of {items.__name__}" if items is not None else "")
+            found = type(value).__name__ + (f" of {len(value)} items" if isinstance(value, list) else "")
+            raise GGUFError(
+                f"GGUF file {self.path}: metadata key {key!r} is a {found}, where a {wanted} is expected. "
+                "The file is corrupt or from a converter autolm does not know; convert it again.",
+                files=[self.path],
+                key=key,
+            )
+        return value
+
+    def require(self, key: str, kind: type | None = None, items: type | None = None) -> Any:
+        """The value of metadata `key`; a GGUFError naming the key and the file when it is absent
+        (or, with `kind`, of another type)."""
+        value = self.get(key, kind=kind, items=items)
         if value is None:
             raise GGUFError(
                 f"GGUF file {self.path} has no metadata key {key!r}, which autolm needs to load it. "
                 "The file may come from an old or unusual converter; re-convert it with llama.cpp's "
-                "convert_hf_to_gguf.py."
+                "convert_hf_to_gguf.py.",
+                files=[self.path],
+                key=key,
             )
         return value
 
     @property
     def architecture(self) -> str:
-        return self.require("general.architecture")
+        return self.require("general.architecture", str)
 
     def keys(self) -> list[str]:
         return list(self.fields)

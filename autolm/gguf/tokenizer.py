@@ -164,6 +164,18 @@ def _post_processor(
     )
 
 
+def _backend(gguf: GGUFFile, build, *args) -> Tokenizer:
+    """Build the tokenizers backend; the library's own errors on a corrupt vocabulary name the file."""
+    try:
+        return build(*args)
+    except Exception as error:  # tokenizers raises a bare Exception on a malformed vocabulary
+        raise GGUFError(
+            f"GGUF file {gguf.path}: the tokenizers library refused its vocabulary ({type(error).__name__}: "
+            f"{str(error)[:200]}). The file is corrupt; convert it again, or load the original tokenizer.json.",
+            files=[gguf.path],
+        ) from error
+
+
 def gguf_tokenizer_parts(path_or_reader: str | PathLike[str] | GGUFFile) -> tuple[Tokenizer, dict[str, Any]]:
     """The `tokenizers.Tokenizer` a GGUF file describes, and the keyword arguments (special tokens,
     `add_bos_token`, `chat_template`, ...) that `PreTrainedTokenizerFast` takes with it.
@@ -172,27 +184,34 @@ def gguf_tokenizer_parts(path_or_reader: str | PathLike[str] | GGUFFile) -> tupl
         GGUFError: the file has no tokenizer metadata, or a vocabulary kind autolm cannot build.
     """
     gguf = read_gguf(path_or_reader)
-    kind = gguf.get("tokenizer.ggml.model")
-    tokens = gguf.get("tokenizer.ggml.tokens")
+    kind = gguf.get("tokenizer.ggml.model", kind=str)
+    tokens = gguf.get("tokenizer.ggml.tokens", kind=list, items=str)
     if kind is None or tokens is None:
         raise GGUFError(
             f"GGUF file {gguf.path} has no tokenizer metadata (tokenizer.ggml.model and tokenizer.ggml.tokens). "
             "Load the tokenizer from the original model's tokenizer.json instead, or use a GGUF converted "
             "with its vocabulary."
         )
-    token_types = gguf.get("tokenizer.ggml.token_type") or []
+    token_types = gguf.get("tokenizer.ggml.token_type", [], list, int)
+    merges = gguf.get("tokenizer.ggml.merges", kind=list, items=str)
+    if merges is not None and not all(" " in merge for merge in merges):
+        raise GGUFError(
+            f"GGUF file {gguf.path}: tokenizer.ggml.merges holds an entry that is not two tokens separated by "
+            "a space. The file is corrupt; convert it again.",
+            files=[gguf.path],
+            key="tokenizer.ggml.merges",
+        )
     if kind == "gpt2":
-        backend = _byte_level_backend(
-            tokens, gguf.get("tokenizer.ggml.merges") or [], gguf.get("tokenizer.ggml.pre")
+        backend = _backend(
+            gguf, _byte_level_backend, tokens, merges or [], gguf.get("tokenizer.ggml.pre", kind=str)
         )
         letters = set(_byte_alphabet().values())
         # a control token outside the byte alphabet is a converter mislabel: adding it would grow the vocabulary
         control = [t for t, kind_ in zip(tokens, token_types) if kind_ == CONTROL and letters.issuperset(t)]
         add_bos_default = False
     elif kind == "llama":
-        backend = _sentencepiece_backend(
-            tokens, gguf.get("tokenizer.ggml.merges"), gguf.get("tokenizer.ggml.scores")
-        )
+        scores = gguf.get("tokenizer.ggml.scores", kind=list, items=float)
+        backend = _backend(gguf, _sentencepiece_backend, tokens, merges, scores)
         control = [t for t, kind_ in zip(tokens, token_types) if kind_ == CONTROL]
         # llama.cpp adds BOS for a SentencePiece vocabulary unless the file says otherwise
         add_bos_default = True
@@ -204,7 +223,7 @@ def gguf_tokenizer_parts(path_or_reader: str | PathLike[str] | GGUFFile) -> tupl
         )
     kwargs: dict[str, Any] = {}
     for name, key in _SPECIAL_IDS.items():
-        index = gguf.get(key)
+        index = gguf.get(key, kind=int)
         kwargs[name] = tokens[index] if index is not None and 0 <= index < len(tokens) else None
     model = backend.model  # membership in the vocabulary itself (get_vocab would copy it into a dict)
     # the named special tokens (e.g. an "unknown"-typed <unk>) are matched whole too
@@ -223,13 +242,19 @@ def gguf_tokenizer_parts(path_or_reader: str | PathLike[str] | GGUFFile) -> tupl
     if user:
         backend.add_tokens([AddedToken(t, normalized=False, special=False) for t in user])
 
-    add_bos = gguf.get("tokenizer.ggml.add_bos_token")
+    add_bos = gguf.get("tokenizer.ggml.add_bos_token", kind=bool)
     kwargs["add_bos_token"] = add_bos_default if add_bos is None else bool(add_bos)
-    kwargs["add_eos_token"] = bool(gguf.get("tokenizer.ggml.add_eos_token", False))
-    backend.post_processor = _post_processor(
-        kwargs["bos_token"], kwargs["eos_token"], kwargs["add_bos_token"], kwargs["add_eos_token"], backend
+    kwargs["add_eos_token"] = bool(gguf.get("tokenizer.ggml.add_eos_token", False, bool))
+    backend.post_processor = _backend(
+        gguf,
+        _post_processor,
+        kwargs["bos_token"],
+        kwargs["eos_token"],
+        kwargs["add_bos_token"],
+        kwargs["add_eos_token"],
+        backend,
     )
-    template = gguf.get("tokenizer.chat_template")
+    template = gguf.get("tokenizer.chat_template", kind=str)
     if template is not None:
         kwargs["chat_template"] = template
     return backend, kwargs

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ModelNotFoundError
+from ..errors import AutolmValueError, ModelNotFoundError
 from .base import LocalRepo, Repo
 from .progress import disable_progress_bars, enable_progress_bars
 
@@ -88,7 +88,9 @@ def _source(hub: str | None) -> str:
         return "hf"
     if choice in ("modelscope", "ms"):
         return "modelscope"
-    raise ValueError(f"Unknown hub {choice!r}: use hub='huggingface' (the default) or hub='modelscope'.")
+    raise AutolmValueError(
+        f"Unknown hub {choice!r}: use hub='huggingface' (the default) or hub='modelscope'."
+    )
 
 
 def hub_settings(

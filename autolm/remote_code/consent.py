@@ -20,7 +20,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..errors import RemoteCodeError, RemoteCodePinError
+from ..errors import AutolmValueError, RemoteCodeError, RemoteCodePinError
 from .bundle import CodeBundle, read_record
 
 logger = logging.getLogger("autolm")
@@ -87,7 +87,9 @@ def _toml(text: str) -> dict:
         try:
             import tomli as tomllib
         except ImportError:
-            raise ValueError("reading TOML needs Python 3.11 or `pip install tomli`; or write JSON") from None
+            raise AutolmValueError(
+                "reading TOML needs Python 3.11 or `pip install tomli`; or write JSON"
+            ) from None
     return tomllib.loads(text)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import remote_code
-from ..errors import TokenizerError
+from ..errors import AutolmOSError, TokenizerError
 from ..hub import Repo, open_repo, pop_hub_kwargs
 from . import converters
 from .tokenizer import SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, PreTrainedTokenizerFast
@@ -51,7 +51,7 @@ class AutoTokenizer:
     """Load a tokenizer from a directory or hub id, like `transformers.AutoTokenizer`."""
 
     def __init__(self):
-        raise OSError("AutoTokenizer is built with AutoTokenizer.from_pretrained(name_or_path).")
+        raise AutolmOSError("AutoTokenizer is built with AutoTokenizer.from_pretrained(name_or_path).")
 
     @classmethod
     def from_pretrained(
@@ -137,12 +137,25 @@ def load_tokenizer(
         config.pop("add_bos_token", None)
         config.pop("add_eos_token", None)
     init = {**defaults, **config, **kwargs}
-    if tokenizer_json is not None:
-        return cls(tokenizer_file=tokenizer_json, **init)
-    backend, extra_added = _build_backend(repo, recipe, init)
-    if extra_added:
-        backend.add_tokens(extra_added)
-    return cls(tokenizer_object=backend, **init)
+    files = [p for p in (repo.get_optional(TOKENIZER_CONFIG_FILE), tokenizer_json) if p is not None]
+    try:
+        if tokenizer_json is not None:
+            return cls(tokenizer_file=tokenizer_json, **init)
+        backend, extra_added = _build_backend(repo, recipe, init)
+        if extra_added:
+            backend.add_tokens(extra_added)
+        return cls(tokenizer_object=backend, **init)
+    except BaseException as e:
+        # the tokenizers library raises plain Exceptions (and a PanicException on some malformed
+        # vocabularies); anything else is a bug and keeps its traceback
+        if type(e) is not Exception and type(e).__name__ != "PanicException":
+            raise
+        names = ", ".join(str(f) for f in files) or f"the tokenizer files of {repo.name}"
+        raise TokenizerError(
+            f"The tokenizers library refused {names}: {str(e)[:300]}. The files are corrupt or inconsistent "
+            "(e.g. a merge or special token missing from the vocabulary); re-download them.",
+            files=files or None,
+        ) from None
 
 
 def _from_gguf(
@@ -161,19 +174,126 @@ def _from_gguf(
     return tokenizer_from_gguf(Path(path))
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, kind: type | None = None) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise TokenizerError(f"Could not read {path} as JSON: {e}. Fix or re-download the file.") from e
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise TokenizerError(
+            f"Could not read {path} as JSON: {str(e)[:200]}. Fix or re-download the file.", files=[path]
+        ) from None
+    if kind is not None and not isinstance(data, kind):
+        raise TokenizerError(
+            f"{path} holds a {type(data).__name__}; expected a JSON {'object' if kind is dict else kind.__name__}.",
+            files=[path],
+        )
+    return data
+
+
+_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+_BOOL_KEYS = (
+    "add_bos_token",
+    "add_eos_token",
+    "add_prefix_space",
+    "clean_up_tokenization_spaces",
+    "split_special_tokens",
+    "do_lower_case",
+    "legacy",
+)
+
+
+def _is_text(value: Any) -> bool:
+    """A str that is valid Unicode text (JSON can spell lone surrogates, which no tokenizer can hold)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_token(value: Any) -> bool:
+    return _is_text(value) or (isinstance(value, dict) and _is_text(value.get("content")))
+
+
+def check_tokenizer_settings(config: dict[str, Any], path: Path | str) -> None:
+    """Check the values of tokenizer_config.json (or special_tokens_map.json) that the tokenizer uses.
+
+    Raises:
+        TokenizerError: naming the file and the key, and what a valid value looks like.
+    """
+
+    def fail(key: str, what: str) -> None:
+        value = repr(config[key])
+        raise TokenizerError(
+            f"{path}: {key} is {value if len(value) < 80 else value[:77] + '...'}; expected {what}. "
+            "Fix the file or re-download it.",
+            files=[path],
+            key=key,
+        )
+
+    for key in _TOKEN_KEYS:
+        if config.get(key) is not None and not _is_token(config[key]):
+            fail(key, 'a token string or {"content": "..."}')
+    for key in _BOOL_KEYS:
+        if config.get(key) is not None and not isinstance(config[key], bool):
+            fail(key, "true or false")
+    for key in ("padding_side", "truncation_side"):
+        if key in config and config[key] not in ("left", "right"):
+            fail(key, '"left" or "right"')
+    limit = config.get("model_max_length")
+    if limit is not None and not (
+        (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0)
+        or (isinstance(limit, float) and limit >= 0 and limit < float("inf"))
+    ):
+        fail("model_max_length", "a number >= 0")
+    names = config.get("model_input_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        fail("model_input_names", "a list of strings")
+    for key in ("tokenizer_class",):
+        if config.get(key) is not None and not isinstance(config[key], str):
+            fail(key, "a class name")
+    for key in ("additional_special_tokens", "extra_special_tokens"):
+        extra = config.get(key)
+        if extra is None:
+            continue
+        values = extra.values() if isinstance(extra, dict) else extra if isinstance(extra, list) else None
+        if values is None or not all(_is_token(t) for t in values):
+            fail(key, "a list of tokens (or an object of name -> token)")
+    decoder = config.get("added_tokens_decoder")
+    if decoder is not None:
+        if not isinstance(decoder, dict):
+            fail("added_tokens_decoder", 'an object of id -> {"content": ...}')
+        for index, token in decoder.items():
+            if not (
+                isinstance(index, int) or (isinstance(index, str) and index.isdigit() and len(index) < 10)
+            ):
+                fail("added_tokens_decoder", f"token ids as keys, not {index!r}")
+            if not _is_token(token):
+                fail("added_tokens_decoder", f'{{"content": ...}} for id {index}, not {token!r}')
+    template = config.get("chat_template")
+    if template is not None and not (
+        _is_text(template)
+        or (isinstance(template, dict) and all(_is_text(v) for v in template.values()))
+        or (
+            isinstance(template, list)
+            and all(
+                isinstance(t, dict) and isinstance(t.get("name"), str) and _is_text(t.get("template"))
+                for t in template
+            )
+        )
+    ):
+        fail("chat_template", 'a template string, or a list of {"name": ..., "template": ...}')
 
 
 def read_tokenizer_config(repo: Repo) -> dict[str, Any]:
     """tokenizer_config.json merged with the older side files and any separate chat template file."""
     path = repo.get_optional(TOKENIZER_CONFIG_FILE)
-    config: dict[str, Any] = _read_json(path) if path is not None else {}
-    if not isinstance(config, dict):
-        raise TokenizerError(f"{path} holds a {type(config).__name__}; expected a JSON object of settings.")
+    config: dict[str, Any] = _read_json(path, dict) if path is not None else {}
+    if path is not None:
+        check_tokenizer_settings(config, path)
+        if "chat_template" in config:
+            config["_chat_template_source"] = str(path)
     config.pop("init_inputs", None)
     config.pop("auto_map", None)  # custom code is AutoTokenizer's business (autolm.remote_code)
 
@@ -181,7 +301,9 @@ def read_tokenizer_config(repo: Repo) -> dict[str, Any]:
         # Older layout: special tokens in special_tokens_map.json, added tokens in added_tokens.json
         specials_path = repo.get_optional(SPECIAL_TOKENS_MAP_FILE)
         if specials_path is not None:
-            for key, value in _read_json(specials_path).items():
+            specials_map = _read_json(specials_path, dict)
+            check_tokenizer_settings(specials_map, specials_path)
+            for key, value in specials_map.items():
                 if key in ("additional_special_tokens", "extra_special_tokens") and isinstance(value, list):
                     existing = list(
                         config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
@@ -206,19 +328,31 @@ def read_tokenizer_config(repo: Repo) -> dict[str, Any]:
                 if config.get(k)
             }
             specials |= {_content(t) for t in config.get("extra_special_tokens") or []}
+            added = _read_json(added_path, dict)
+            for token, index in added.items():
+                if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+                    raise TokenizerError(
+                        f"{added_path}: the token {token!r} has the id {index!r}; ids are integers >= 0.",
+                        files=[added_path],
+                        key=token,
+                    )
             config["added_tokens_decoder"] = {
                 index: {"content": token, "normalized": token not in specials, "special": token in specials}
-                for token, index in _read_json(added_path).items()
+                for token, index in added.items()
             }
 
     # A separate template file wins over the config entry
     jinja_path = repo.get_optional("chat_template.jinja")
     json_path = repo.get_optional("chat_template.json")
     if jinja_path is not None:
-        config["chat_template"] = jinja_path.read_text(encoding="utf-8")
+        config["chat_template"] = converters.read_text(jinja_path)
+        config["_chat_template_source"] = str(jinja_path)
     elif json_path is not None:
         template = _read_json(json_path)
-        config["chat_template"] = template.get("chat_template") if isinstance(template, dict) else template
+        template = template.get("chat_template") if isinstance(template, dict) else template
+        config["chat_template"] = template
+        config["_chat_template_source"] = str(json_path)
+        check_tokenizer_settings({"chat_template": template}, json_path)
     extra_templates = _named_templates(repo)
     if extra_templates:
         named = config.get("chat_template")
@@ -237,7 +371,7 @@ def _named_templates(repo: Repo) -> dict[str, str]:
     except (NotImplementedError, OSError):
         return {}  # a repo that cannot list its files (offline hub) just has no extra templates
     names = [f for f in files if f.startswith("additional_chat_templates/") and f.endswith(".jinja")]
-    return {Path(f).stem: repo.get(f).read_text(encoding="utf-8") for f in names}
+    return {Path(f).stem: converters.read_text(repo.get(f)) for f in names}
 
 
 def _content(token: Any) -> str:
@@ -272,6 +406,14 @@ def _build_backend(repo: Repo, recipe: str, init: dict[str, Any]):
         from tokenizers import processors
 
         vocab = converters.read_vocab_txt(repo.get("vocab.txt"))
+        unk = _content(init.get("unk_token") or "[UNK]")
+        if unk not in vocab:
+            raise TokenizerError(
+                f"{repo.get('vocab.txt')} has no {unk!r} token (the unk_token), which WordPiece needs for any "
+                "word it cannot split. Re-download vocab.txt, or set unk_token in tokenizer_config.json.",
+                files=[repo.get("vocab.txt")],
+                key="unk_token",
+            )
         tok = converters.wordpiece(
             vocab,
             unk_token=_content(init.get("unk_token") or "[UNK]"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import UserDict
 from typing import Any
 
+from ..errors import AutolmKeyError, AutolmValueError
+
 
 class BatchEncoding(UserDict):
     """`{"input_ids": ..., "attention_mask": ...}` that also reads as `enc.input_ids`.
@@ -30,7 +32,9 @@ class BatchEncoding(UserDict):
         if isinstance(key, int):
             # enc[0] is the first sequence's `tokenizers.Encoding`, as in transformers
             if self.encodings is None:
-                raise KeyError("Indexing by integer needs the encodings of a tokenizer call; use a key name.")
+                raise AutolmKeyError(
+                    "Indexing by integer needs the encodings of a tokenizer call; use a key name."
+                )
             return self.encodings[key]
         return self.data[key]
 
@@ -43,19 +47,21 @@ class BatchEncoding(UserDict):
 
     def tokens(self, batch_index: int = 0) -> list[str]:
         if self.encodings is None:
-            raise ValueError("tokens() needs the encodings of a tokenizer call.")
+            raise AutolmValueError("tokens() needs the encodings of a tokenizer call.")
         return self.encodings[batch_index].tokens
 
     def word_ids(self, batch_index: int = 0) -> list[int | None]:
         if self.encodings is None:
-            raise ValueError("word_ids() needs the encodings of a tokenizer call.")
+            raise AutolmValueError("word_ids() needs the encodings of a tokenizer call.")
         return self.encodings[batch_index].word_ids
 
     def convert_to_tensors(self, tensor_type: str | None) -> BatchEncoding:
         if tensor_type is None:
             return self
         if tensor_type not in ("pt", "np"):
-            raise ValueError(f"return_tensors={tensor_type!r} is not supported; use 'pt', 'np' or None.")
+            raise AutolmValueError(
+                f"return_tensors={tensor_type!r} is not supported; use 'pt', 'np' or None."
+            )
         if tensor_type == "pt":
             import torch  # only here: importing the tokenizer must stay free of torch
 
@@ -71,7 +77,7 @@ class BatchEncoding(UserDict):
             try:
                 self.data[key] = make(value)
             except (ValueError, TypeError, RuntimeError) as e:
-                raise ValueError(
+                raise AutolmValueError(
                     f"Could not make a tensor of {key!r}: the sequences have different lengths. "
                     "Pass padding=True (and truncation=True) to get a rectangular batch."
                 ) from e

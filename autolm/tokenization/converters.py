@@ -27,24 +27,59 @@ QWEN2_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{
 def read_vocab_json(path: Path) -> dict[str, int]:
     try:
         vocab = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise TokenizerError(
-            f"Could not read {path} as a JSON token->id map: {e}. Re-download the file."
-        ) from e
+            f"Could not read {path} as a JSON token->id map: {str(e)[:200]}. Re-download the file.",
+            files=[path],
+        ) from None
     if not isinstance(vocab, dict):
-        raise TokenizerError(f"{path} holds a {type(vocab).__name__}, expected a JSON object of token -> id.")
+        raise TokenizerError(
+            f"{path} holds a {type(vocab).__name__}, expected a JSON object of token -> id.", files=[path]
+        )
+    for token, index in vocab.items():
+        try:
+            token.encode("utf-8")
+        except UnicodeEncodeError:
+            raise TokenizerError(
+                f"{path}: the token {token!r} holds a lone surrogate, which is not text; re-download the file.",
+                files=[path],
+                key=token,
+            ) from None
+        if (
+            not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 2**24
+        ):  # a larger id makes tokenizers allocate that many slots
+            raise TokenizerError(
+                f"{path}: the token {token!r} has the id {index!r}; ids are integers >= 0. Re-download the file.",
+                files=[path],
+                key=token,
+            )
     return vocab
+
+
+def read_text(path: Path) -> str:
+    """A tokenizer text file (merges.txt, vocab.txt, a template), with an error naming it when unreadable."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TokenizerError(
+            f"{path} is not UTF-8 text (byte {e.start}: {e.reason}). Re-download the file.", files=[path]
+        ) from None
+    except OSError as e:
+        raise TokenizerError(f"Could not read {path}: {e.strerror or e}.", files=[path]) from None
 
 
 def read_merges_txt(path: Path) -> list[tuple[str, str]]:
     merges = []
-    for line in path.read_text(encoding="utf-8").split("\n"):
+    for line in read_text(path).split("\n"):
         # The first line is often a "#version: 0.2" header; blank lines carry nothing
         if not line.strip() or line.startswith("#version"):
             continue
         parts = line.split(" ")
         if len(parts) != 2:
-            raise TokenizerError(f"{path}: the merge line {line!r} is not two tokens separated by one space.")
+            raise TokenizerError(
+                f"{path}: the merge line {line[:100]!r} is not two tokens separated by one space.",
+                files=[path],
+            )
         merges.append((parts[0], parts[1]))
     return merges
 
@@ -56,6 +91,15 @@ def byte_level_bpe(
     add_prefix_space: bool = False,
 ) -> Tokenizer:
     """GPT-2 (`flavour="gpt2"`) or Qwen2 (`"qwen2"`: NFC + its own split regex) byte-level BPE."""
+    for left, right in merges:
+        # the tokenizers library panics on some merges outside the vocabulary; say which one instead
+        if left not in vocab or right not in vocab or left + right not in vocab:
+            raise TokenizerError(
+                f"merges.txt has the merge {left!r} {right!r}, but vocab.json lacks "
+                f"{next(t for t in (left, right, left + right) if t not in vocab)!r}. The two files do not "
+                "belong together; re-download both.",
+                files=["merges.txt", "vocab.json"],
+            )
     model = BPE(
         vocab=vocab,
         merges=merges,
@@ -83,7 +127,7 @@ def byte_level_bpe(
 
 
 def read_vocab_txt(path: Path) -> dict[str, int]:
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = read_text(path).split("\n")
     if lines and lines[-1] == "":  # the file's final newline is not an empty token
         lines.pop()
     return {token: i for i, token in enumerate(lines)}

@@ -104,7 +104,9 @@ class PreTrainedTokenizerFast:
         elif tokenizer_file is not None:
             try:
                 self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
-            except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+            except BaseException as e:  # tokenizers raises a bare Exception on malformed JSON (or panics)
+                if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+                    raise
                 raise TokenizerError(
                     f"Could not load {tokenizer_file} with the tokenizers library: {e}. The file may be corrupt, "
                     "or written by a newer tokenizers version; upgrade `tokenizers` or re-download it."
@@ -114,6 +116,8 @@ class PreTrainedTokenizerFast:
                 "PreTrainedTokenizerFast needs tokenizer_object=tokenizers.Tokenizer(...) or tokenizer_file=... "
                 "To load a saved tokenizer use AutoTokenizer.from_pretrained(path)."
             )
+        # where the chat template was read from, for error messages (not a setting: never saved)
+        self._chat_template_source: str | None = kwargs.pop("_chat_template_source", None)
         self.init_kwargs = dict(kwargs)
         self.name_or_path = str(kwargs.pop("name_or_path", ""))
         # Padding/truncation stored in tokenizer.json are not call defaults here; keep them to save them back
@@ -691,9 +695,13 @@ class PreTrainedTokenizerFast:
             raise ChatTemplateError("The conversation is empty; pass at least one message.")
         template = self.get_chat_template(chat_template, tools)
         variables = {**self.special_tokens_map, **template_kwargs}
+        own = chat_template is None or (
+            isinstance(self.chat_template, dict) and chat_template in self.chat_template
+        )
         rendered = render_chat_template(
             conversation,
             template,
+            template_source=self._chat_template_source if own else "the chat_template argument",
             add_generation_prompt=add_generation_prompt,
             continue_final_message=continue_final_message,
             tools=tools,
