@@ -17,7 +17,7 @@ from torch import nn
 
 from . import kernels
 from .configuration import GENERATION_CONFIG_NAME, GenerationConfig, PretrainedConfig, read_json
-from .errors import CheckpointError
+from .errors import AutolmValueError, CheckpointError
 from .hub import open_repo, pop_hub_kwargs
 from .modeling_utils import PreTrainedModel
 from .weights import checkpoint_files, load_checkpoint, release_pages
@@ -111,7 +111,7 @@ def load_pretrained(
         state_dict = _load_gguf(repo.get(gguf_file), resolve_dtype(target_dtype, config, None))
     elif state_dict is None:
         if repo is None:
-            raise ValueError("Pass a model name or path, or state_dict= together with config=.")
+            raise AutolmValueError("Pass a model name or path, or state_dict= together with config=.")
         state_dict = load_checkpoint(checkpoint_files(repo))
     target_dtype = resolve_dtype(target_dtype, config, state_dict)
     device = resolve_device(device_map)
@@ -237,7 +237,7 @@ def resolve_dtype(dtype, config: PretrainedConfig, state_dict: dict | None) -> t
         return dtype
     if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPE_NAMES:
         return _DTYPE_NAMES[dtype.removeprefix("torch.")]
-    raise ValueError(
+    raise AutolmValueError(
         f"Unknown dtype {dtype!r}. Use 'auto', a torch dtype, or one of: {', '.join(_DTYPE_NAMES)}."
     )
 
@@ -247,7 +247,7 @@ def resolve_device(device_map) -> torch.device:
     if isinstance(device_map, dict):
         devices = set(device_map.values())
         if len(devices) != 1:
-            raise ValueError(
+            raise AutolmValueError(
                 f"device_map spreads the model over {sorted(map(str, devices))}; autolm places a model on one "
                 "device. Pass device_map='cuda:0', 'cpu' or 'auto'."
             )
@@ -261,7 +261,7 @@ def resolve_device(device_map) -> torch.device:
     try:
         return torch.device(device_map)
     except (RuntimeError, TypeError):
-        raise ValueError(
+        raise AutolmValueError(
             f"device_map={device_map!r} is not a device; pass 'cpu', 'cuda', 'cuda:1' or 'auto'."
         ) from None
 

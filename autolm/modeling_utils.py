@@ -218,3 +218,10 @@ class PreTrainedModel(nn.Module):
         from .generation import generate
 
         return generate(self, *args, **kwargs)
+
+    def prepare_for_decoding(self, compiled: bool = False) -> None:
+        """Lay the weights out for fast CPU decoding now (generate does it after its first token): same
+        Parameters, same values; see `autolm.generation.layout`."""
+        from .generation.layout import prepare_for_decoding
+
+        prepare_for_decoding(self, compiled=compiled)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import CheckpointError
+from .errors import AutolmValueError, CheckpointError
 from .fileio import Staging, sync_folder, temp_path
 
 if TYPE_CHECKING:
@@ -294,7 +294,9 @@ def parse_size(size: int | str) -> int:
         return size
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?)B?\s*", size.upper())
     if not m:
-        raise ValueError(f"max_shard_size {size!r} is not a size like '5GB', '500MB' or an int of bytes.")
+        raise AutolmValueError(
+            f"max_shard_size {size!r} is not a size like '5GB', '500MB' or an int of bytes."
+        )
     number, unit, binary = float(m.group(1)), m.group(2), m.group(3)
     power = " KMGT".index(unit) if unit else 0
     return int(number * (1024 if binary else 1000) ** power)

@@ -22,14 +22,25 @@ TINY = dict(
     max_position_embeddings=64,
 )
 
-FAMILIES = ("llama", "qwen2", "qwen3")
+
+def _families() -> tuple[str, ...]:
+    """Every model type autolm's registry has, so a new family is tested the day it is registered."""
+    from autolm import models
+
+    return tuple(models.supported_model_types())
+
+
+FAMILIES = _families()
 
 
 def reference_classes(family: str):
-    """transformers' (config class, causal LM class, base class, sequence classification class)."""
+    """transformers' (config class, causal LM class, base class, sequence classification class): the
+    classes named like autolm's config class for the type ("MistralConfig" -> transformers.Mistral*)."""
     import transformers
 
-    prefix = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}[family]
+    from autolm import models
+
+    prefix = models.MODELS[family]["config"].removesuffix("Config")
     return tuple(
         getattr(transformers, f"{prefix}{s}")
         for s in ("Config", "ForCausalLM", "Model", "ForSequenceClassification")

@@ -198,6 +198,8 @@ def custom_files(
             "AutoModelForCausalLM": f"{prefix}modeling_x.XForCausalLM",
         },
     }
+    if model_type == "llama":  # read by autolm's own LlamaConfig too: its dimensions must fit together
+        config["num_attention_heads"] = 2
     tokenizer_config = {
         "tokenizer_class": "XTokenizerFast",
         "unk_token": "[UNK]",

@@ -9,12 +9,11 @@ import textwrap
 
 import pytest
 import torch
+from conftest import FAMILIES
 from generation_helpers import write_model
 from torch import nn
 
 import autolm
-
-FAMILIES = ["llama", "qwen2", "qwen3"]
 
 
 def _generate(model, ids):

@@ -12,6 +12,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import ModelNotFoundError, RevisionNotFoundError
 from . import hub_settings
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -147,12 +148,12 @@ def _listing_sizes(folder: Path, commit: str) -> dict[str, int]:
 def remove(repo_id: str, revision: str | None = None, cache_dir: Path | None = None) -> int:
     """Delete a cached repo, or one revision of it (its snapshot, refs, and blobs no other revision uses).
 
-    Returns the number of bytes freed. Raises FileNotFoundError when nothing matches.
+    Returns the number of bytes freed. Raises ModelNotFoundError (a FileNotFoundError) when nothing matches.
     """
     cache_dir = Path(cache_dir or default_cache_dir())
     folders = _repo_folders(cache_dir, repo_id)
     if not folders:
-        raise FileNotFoundError(f"{repo_id} is not in the cache {cache_dir}. See `autolm cache ls`.")
+        raise ModelNotFoundError(f"{repo_id} is not in the cache {cache_dir}. See `autolm cache ls`.")
     folder = folders[0]
     before = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
     if revision is None:
@@ -165,7 +166,9 @@ def remove(repo_id: str, revision: str | None = None, cache_dir: Path | None = N
     snap = folder / "snapshots" / commit
     if not snap.is_dir():
         cached = ", ".join(p.name for p in (folder / "snapshots").glob("*")) or "none"
-        raise FileNotFoundError(f"{repo_id} has no cached revision {revision!r} (cached commits: {cached}).")
+        raise RevisionNotFoundError(
+            f"{repo_id} has no cached revision {revision!r} (cached commits: {cached})."
+        )
     shutil.rmtree(snap)
     for r in (folder / "refs").rglob("*"):
         if r.is_file() and r.read_text().strip() == commit:

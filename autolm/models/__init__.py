@@ -28,12 +28,10 @@ MODELS: dict[str, dict] = {
         "module": "llama",
         "config": "MistralConfig",
         "tasks": {
-            "base": "LlamaModel",
-            "causal_lm": "LlamaForCausalLM",
-            "sequence_classification": "LlamaForSequenceClassification",
+            "base": "MistralModel",
+            "causal_lm": "MistralForCausalLM",
+            "sequence_classification": "MistralForSequenceClassification",
         },
-        # checkpoints saved as Mistral* name these
-        "architectures": ["MistralModel", "MistralForCausalLM", "MistralForSequenceClassification"],
     },
     "qwen2": {
         "module": "qwen2",

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import AutolmValueError
 from ..modeling_utils import ModelOutput
 from .layers import Linear
 
@@ -102,7 +103,7 @@ class SequenceClassificationHead:
         B = logits.shape[0]
         pad = self.config.pad_token_id
         if pad is None and B != 1:
-            raise ValueError(
+            raise AutolmValueError(
                 "Batches of more than one sequence need config.pad_token_id to find each last token."
             )
         if pad is None or input_ids is None:

@@ -43,6 +43,18 @@ class RMSNorm(nn.Module):
 ACT2FN = {"silu": F.silu, "swish": F.silu, "gelu": F.gelu, "relu": F.relu, "gelu_pytorch_tanh": None}
 
 
+def check_activation(config, key: str = "hidden_act") -> None:
+    """Refuse an activation this module has no code for while the config is read, naming its file."""
+    name = getattr(config, key, None)
+    if name not in ACT2FN:
+        source = getattr(config, "_source_file", None) or "the config"
+        raise ConfigError(
+            f"{source}: {key} {name!r} is not supported; supported: {', '.join(ACT2FN)}. Fix {key} in config.json.",
+            key=key,
+            files=[source] if source != "the config" else None,
+        )
+
+
 def activation(name: str):
     if name == "gelu_pytorch_tanh":
         return lambda x: F.gelu(x, approximate="tanh")

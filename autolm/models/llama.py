@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..configuration import PretrainedConfig
+from ..errors import AutolmValueError
 from ..kernels.decoder import Decoder, Layer
 from ..modeling_utils import ModelOutput, PreTrainedModel
 from .cache import DynamicCache, StaticCache
@@ -22,6 +23,7 @@ from .layers import (
     apply_rotary,
     attention,
     attention_masks,
+    check_activation,
     positions_and_masks,
     projection,
     rms_norm,
@@ -61,6 +63,7 @@ class LlamaConfig(PretrainedConfig):
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
+        check_activation(self)
 
 
 class MistralConfig(LlamaConfig):
@@ -73,6 +76,23 @@ class MistralConfig(LlamaConfig):
     @property
     def attention_window(self) -> int | None:
         return self.sliding_window
+
+    # transformers' Mistral has no biases, whatever config.json says (the value read is not used)
+    @property
+    def attention_bias(self) -> bool:
+        return False
+
+    @attention_bias.setter
+    def attention_bias(self, value) -> None:
+        self.__dict__["_attention_bias"] = value
+
+    @property
+    def mlp_bias(self) -> bool:
+        return False
+
+    @mlp_bias.setter
+    def mlp_bias(self, value) -> None:
+        self.__dict__["_mlp_bias"] = value
 
     def _derived_layer_types(self) -> list[str]:
         kind = "full_attention" if self.sliding_window is None else "sliding_attention"
@@ -196,7 +216,7 @@ class LlamaModel(LlamaPreTrainedModel):
         **kwargs,
     ) -> ModelOutput:
         if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+            raise AutolmValueError("Pass exactly one of input_ids or inputs_embeds.")
         past_key_values = kwargs.get("cache", past_key_values)  # transformers 5's new name
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, T = x.shape[:2]
@@ -312,3 +332,26 @@ class LlamaForSequenceClassification(SequenceClassificationHead, LlamaPreTrained
 
 
 LlamaPreTrainedModel.base_model_class = LlamaModel
+
+
+# Mistral: Llama's blocks and names under its own class names (a pure config variant: windows per layer,
+# no biases)
+
+
+class MistralPreTrainedModel(LlamaPreTrainedModel):
+    config_class = MistralConfig
+
+
+class MistralModel(MistralPreTrainedModel, LlamaModel):
+    pass
+
+
+MistralPreTrainedModel.base_model_class = MistralModel
+
+
+class MistralForCausalLM(MistralPreTrainedModel, LlamaForCausalLM):
+    pass
+
+
+class MistralForSequenceClassification(MistralPreTrainedModel, LlamaForSequenceClassification):
+    pass
