@@ -22,19 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from custom_family import register, write_checkpoint  # noqa: E402
-from generate import timed  # noqa: E402
+from generate import SMOL_SHAPE, timed  # noqa: E402
 
-SHAPE = dict(
-    vocab_size=49152,
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    max_position_embeddings=8192,
-    rope_theta=100000.0,
-    rms_norm_eps=1e-5,
-)
+# SmolLM2-135M's shape, untied (the family has its own output matrix)
+SHAPE = {
+    k: v for k, v in SMOL_SHAPE.items() if k not in ("tie_word_embeddings", "bos_token_id", "eos_token_id")
+}
 
 
 def main() -> None:

@@ -120,3 +120,22 @@ def native_kernels():
         pytest.skip(f"native CPU kernels cannot run here: {reason}")
     assert kernels.ensure_loaded(), "the native kernels failed to build: see the log"
     return kernels
+
+
+@pytest.fixture
+def native_steps(native_kernels, monkeypatch):
+    """A list that gets one entry per native decode step; fails if the native step declines a model."""
+    from autolm.generation import loop
+
+    steps: list[int] = []
+    real = loop.native_decoder
+
+    def counting(model):
+        decoder = real(model)
+        assert decoder is not None, "the native step must cover this model"
+        step = decoder.step
+        decoder.step = lambda *a, **k: steps.append(1) or step(*a, **k)
+        return decoder
+
+    monkeypatch.setattr(loop, "native_decoder", counting)
+    return steps

@@ -11,7 +11,6 @@ from custom_family import TinyLMForCausalLM, register, write_checkpoint
 import autolm
 from autolm import models
 from autolm.errors import UnsupportedModelError
-from autolm.generation import loop
 
 
 @pytest.fixture
@@ -36,27 +35,16 @@ def test_new_family_loads_and_matches_its_reference(checkpoint):
 
 
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
-def test_new_family_decodes_on_the_native_step(checkpoint, cache, monkeypatch, native_kernels):
+def test_new_family_decodes_on_the_native_step(checkpoint, cache, native_steps):
     directory, ref = checkpoint
     model = autolm.AutoModelForCausalLM.from_pretrained(directory)
-    steps = []
-    real = loop.native_decoder
-
-    def counting(m):
-        decoder = real(m)
-        assert decoder is not None, "the native step must take a family that describes itself"
-        step = decoder.step
-        decoder.step = lambda *a, **k: steps.append(1) or step(*a, **k)
-        return decoder
-
-    monkeypatch.setattr(loop, "native_decoder", counting)
     ids = torch.randint(1, 256, (2, 7), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     mask[1, :2] = 0
     args = dict(attention_mask=mask, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
     kwargs = {"cache_implementation": "static"} if cache == "static" else {}
     assert torch.equal(model.generate(ids, **args, **kwargs), ref.generate(ids, **args))
-    assert len(steps) == 19
+    assert len(native_steps) == 19
 
 
 def test_a_family_without_a_description_runs_its_torch_code(checkpoint, monkeypatch):

@@ -94,20 +94,8 @@ def test_greedy_tokens_match_transformers(tmp_path, case, cache, native, monkeyp
     mask[0, :2] = 0
     args = dict(attention_mask=mask, max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0)
     expected = ref.generate(ids, **args)
-    calls = []
-    if native:
-        request.getfixturevalue("native_kernels")
-        real = loop.native_decoder
-
-        def counting(model):
-            decoder = real(model)
-            assert decoder is not None, "the native step must cover this model"
-            step = decoder.step
-            decoder.step = lambda *a, **k: calls.append(1) or step(*a, **k)
-            return decoder
-
-        monkeypatch.setattr(loop, "native_decoder", counting)
-    else:
+    calls = request.getfixturevalue("native_steps") if native else []
+    if not native:
         monkeypatch.setattr(loop, "native_decoder", lambda model: None)
     kwargs = {"cache_implementation": "static"} if cache == "static" else {}
     got = model.generate(ids, **args, **kwargs)
