@@ -6,7 +6,7 @@ import os
 
 from . import models, remote_code
 from .configuration import PretrainedConfig
-from .errors import AutolmOSError, AutolmValueError, UnsupportedModelError
+from .errors import AutolmOSError, AutolmValueError, ConfigError, UnsupportedModelError
 
 # Classes users registered, kept apart from the built-in registry so they can never replace it.
 _USER_CONFIGS: dict[str, type[PretrainedConfig]] = {}
@@ -83,6 +83,14 @@ class AutoConfig:
         config_dict, kwargs = PretrainedConfig.get_config_dict(
             pretrained_model_name_or_path, **hub_kwargs, **kwargs
         )
+        model_type = config_dict.get("model_type")
+        if model_type is not None and not isinstance(model_type, str):
+            source = config_dict.get("_source_file", "the config")
+            raise ConfigError(
+                f'{source}: model_type must be a string such as "llama", found {model_type!r}. Fix config.json.',
+                key="model_type",
+                files=[source],
+            )
         reference = remote_code.remote_reference(
             config_dict.get("auto_map"),
             "AutoConfig",
@@ -145,8 +153,9 @@ class _AutoModel:
                 return cls._user_models[config_class]
         model_type = config.model_type or getattr(config, "model_type", "")
         if models.canonical_model_type(model_type) is None:
+            source = getattr(config, "_source_file", None) or "the config"
             raise UnsupportedModelError(
-                f"{cls.__name__} has no class for model_type {model_type!r} ({type(config).__name__}). "
+                f"{source}: {cls.__name__} has no class for model_type {model_type!r} ({type(config).__name__}). "
                 f"Supported types: {', '.join(_supported())}; register one with {cls.__name__}.register(...)."
             )
         return models.get_class(model_type, cls.task)

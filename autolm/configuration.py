@@ -348,6 +348,8 @@ class PretrainedConfig:
             kwargs["dtype"] = kwargs["torch_dtype"]
         num_labels = kwargs.pop("num_labels", None)
         self._source_file = kwargs.pop("_source_file", None) or _SOURCE.get()
+        if type(self).model_type:
+            kwargs.pop("model_type", None)  # the class decides (a file's blank or odd value must not win)
         for key, value in kwargs.items():
             if value is None and getattr(self, key, None) is not None and key in _REQUIRED:
                 # null in the file would replace the family's default with nothing

@@ -20,7 +20,7 @@ from .configuration import GENERATION_CONFIG_NAME, GenerationConfig, PretrainedC
 from .errors import AutolmValueError, CheckpointError
 from .hub import open_repo, pop_hub_kwargs
 from .modeling_utils import PreTrainedModel
-from .weights import checkpoint_files, load_checkpoint, release_pages
+from .weights import StateDict, checkpoint_files, load_checkpoint, release_pages
 
 logger = logging.getLogger("autolm")
 
@@ -122,7 +122,10 @@ def load_pretrained(
     with _empty_weights(cls), _skip_init():
         model = cls(config, *model_args)
     if isinstance(model, PreTrainedModel):
+        files = getattr(state_dict, "files", None)
         state_dict = model.sanitize(state_dict)  # the family's checkpoint names and layouts -> its own
+        if files is not None and not hasattr(state_dict, "files"):
+            state_dict = StateDict(state_dict, files=files)
     info = assign_weights(model, state_dict, target_dtype, device, ignore_mismatched_sizes, strict)
     del state_dict
     if not isinstance(model, PreTrainedModel):
@@ -171,7 +174,7 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     from .hub.progress import bars_disabled
 
     gguf = read_gguf(path)
-    state: dict[str, torch.Tensor] = {}
+    state = StateDict(files=[path])
     with tqdm(
         total=len(gguf.tensors),
         desc=f"Loading {path.name}",
@@ -310,9 +313,11 @@ def assign_weights(
     mismatched = [m for m in mismatched if m[1] != m[2]]
     if mismatched and not ignore_mismatched_sizes:
         lines = "; ".join(f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in mismatched)
+        where = f"{', '.join(files)}: " if files else ""
         raise CheckpointError(
-            f"Tensor shapes differ from the config: {lines}. Check config.json matches the weights, or pass "
-            "ignore_mismatched_sizes=True to initialise those weights instead."
+            f"{where}tensor shapes differ from the config: {lines}. Check config.json matches the weights, or pass "
+            "ignore_mismatched_sizes=True to initialise those weights instead.",
+            files=files or None,
         )
     mismatched_keys = {k for k, _, _ in mismatched}
     missing = sorted(expected - set(state) | mismatched_keys)
