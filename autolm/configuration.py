@@ -388,6 +388,14 @@ class PretrainedConfig:
     def torch_dtype(self):
         return getattr(self, "dtype", None)
 
+    @property
+    def use_return_dict(self) -> bool:
+        return bool(self.__dict__.get("return_dict", True))
+
+    def return_dict_for(self, return_dict: bool | None) -> bool:
+        """A forward's `return_dict` argument, or the config's when it is None (transformers' rule)."""
+        return self.use_return_dict if return_dict is None else bool(return_dict)
+
     # --- per-layer attention ----------------------------------------------------------------------
 
     # The window size of "sliding_attention" layers (None: no window). Families set it from their keys.
