@@ -483,7 +483,8 @@ class PretrainedConfig:
         """Set the kwargs that are config attributes; return the others."""
         unused = {}
         for key, value in kwargs.items():
-            if hasattr(self, key) and not key.startswith("__"):
+            # rope_parameters: transformers 5's spelling, honoured over a classic file's rope_theta/rope_scaling
+            if (hasattr(self, key) or key == "rope_parameters") and not key.startswith("__"):
                 setattr(self, key, value)
             else:
                 unused[key] = value

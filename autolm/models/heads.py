@@ -117,13 +117,29 @@ class SequenceClassificationHead:
             idx = torch.arange(input_ids.shape[-1], device=logits.device, dtype=torch.int32)
             last = (idx * (input_ids != pad).to(torch.int32)).argmax(-1)
         pooled = logits[torch.arange(B, device=logits.device), last]
-        loss = None
-        if labels is not None:
-            if self.num_labels == 1:
-                loss = F.mse_loss(pooled.squeeze().float(), labels.squeeze().float())
-            else:
-                loss = F.cross_entropy(pooled.float().view(-1, self.num_labels), labels.view(-1))
+        loss = None if labels is None else self.classification_loss(pooled, labels)
         return _output(self.config, return_dict, loss, pooled, out)
+
+    def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """By config.problem_type, set from the labels when None (transformers' rule): regression (MSE),
+        single-label (cross-entropy) or multi-label (BCE with logits)."""
+        problem = getattr(self.config, "problem_type", None)
+        if problem is None:
+            if self.num_labels == 1:
+                problem = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                problem = "single_label_classification"
+            else:
+                problem = "multi_label_classification"
+            self.config.problem_type = problem
+        labels = labels.to(logits.device)
+        if problem == "regression":
+            if self.num_labels == 1:
+                return F.mse_loss(logits.squeeze().float(), labels.squeeze().float())
+            return F.mse_loss(logits.float(), labels.float())
+        if problem == "single_label_classification":
+            return F.cross_entropy(logits.float().view(-1, self.num_labels), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
 
 def _output(config, return_dict: bool | None, loss, logits, base: ModelOutput) -> ModelOutput | tuple:
