@@ -27,10 +27,30 @@ _EXPORTS = {
     "chat": "generation.chat",
     "DynamicCache": "models.cache",
     "StaticCache": "models.cache",
+    "set_seed": "utils",
 }
 
 
+def _family_exports() -> dict[str, str]:
+    """Every family's config and model classes (`LlamaConfig`, `Qwen2ForCausalLM`, ...), named by the
+    registry (plain data), so a new family is importable from the top level the day it is registered."""
+    from .models import MODELS
+
+    names: dict[str, str] = {}
+    for entry in MODELS.values():
+        module = f"models.{entry['module']}"
+        for name in (entry["config"], *entry["tasks"].values()):
+            names.setdefault(name, module)
+        names.setdefault(entry["config"].removesuffix("Config") + "PreTrainedModel", module)
+    return names
+
+
+_EXPORTS.update(_family_exports())
+
+
 def __getattr__(name: str):
+    if name == "logging":  # the submodule (transformers.logging's API)
+        return importlib.import_module(".logging", __name__)
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'autolm' has no attribute {name!r}")
@@ -40,4 +60,13 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
+    return sorted(list(globals()) + list(_EXPORTS) + ["logging"])
+
+
+def _configure_logging() -> None:
+    from .logging import configure_from_env
+
+    configure_from_env()
+
+
+_configure_logging()

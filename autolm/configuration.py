@@ -390,6 +390,14 @@ class PretrainedConfig:
     def torch_dtype(self):
         return getattr(self, "dtype", None)
 
+    @property
+    def use_return_dict(self) -> bool:
+        return bool(self.__dict__.get("return_dict", True))
+
+    def return_dict_for(self, return_dict: bool | None) -> bool:
+        """A forward's `return_dict` argument, or the config's when it is None (transformers' rule)."""
+        return self.use_return_dict if return_dict is None else bool(return_dict)
+
     # --- per-layer attention ----------------------------------------------------------------------
 
     # The window size of "sliding_attention" layers (None: no window). Families set it from their keys.
@@ -477,7 +485,8 @@ class PretrainedConfig:
         """Set the kwargs that are config attributes; return the others."""
         unused = {}
         for key, value in kwargs.items():
-            if hasattr(self, key) and not key.startswith("__"):
+            # rope_parameters: transformers 5's spelling, honoured over a classic file's rope_theta/rope_scaling
+            if (hasattr(self, key) or key == "rope_parameters") and not key.startswith("__"):
                 setattr(self, key, value)
             else:
                 unused[key] = value

@@ -131,7 +131,7 @@ def load_pretrained(
     if not isinstance(model, PreTrainedModel):
         model.to(device)  # buffers another library's class computed in __init__
 
-    config.dtype = str(target_dtype).removeprefix("torch.")
+    config.dtype = target_dtype  # a torch.dtype, as transformers 5 (config.json gets its name)
     config.name_or_path = str(pretrained_model_name_or_path or "")
     model.name_or_path = config.name_or_path
     if repo is not None and repo.exists(GENERATION_CONFIG_NAME):

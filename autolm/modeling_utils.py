@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from .configuration import CONFIG_NAME, GENERATION_CONFIG_NAME, GenerationConfig, PretrainedConfig
-from .errors import AutolmTypeError
+from .errors import AutolmTypeError, AutolmValueError
 
 
 class ModelOutput(dict):
@@ -86,7 +87,8 @@ class PreTrainedModel(nn.Module):
         finally:
             torch.set_default_dtype(previous)
         model.init_weights()
-        return model.eval()
+        config.dtype = model.dtype
+        return model  # in train mode, as nn.Module and transformers leave it (from_pretrained: eval)
 
     @classmethod
     def _from_config(cls, config: PretrainedConfig, **kwargs):
@@ -169,6 +171,119 @@ class PreTrainedModel(nn.Module):
         if output is not None:
             output.weight = self.get_input_embeddings().weight
 
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        for name in ("lm_head",):
+            if hasattr(self, name):
+                setattr(self, name, value)
+                return
+        raise NotImplementedError(f"{type(self).__name__} has no output embeddings to set.")
+
+    def resize_token_embeddings(
+        self,
+        new_num_tokens: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        mean_resizing: bool = True,
+    ) -> nn.Embedding:
+        """Grow or shrink the vocabulary to `new_num_tokens` rows (rounded up to `pad_to_multiple_of`);
+        old rows are kept, new ones drawn as transformers draws them (`mean_resizing`: from a normal
+        around the old rows' mean with 1e-9 of their covariance; else normal(0, initializer_range)).
+        Tied output embeddings stay tied; config.vocab_size follows. Returns the input embeddings.
+
+        Raises:
+            AutolmTypeError: `pad_to_multiple_of` is not an int.
+        """
+        old = self.get_input_embeddings()
+        if pad_to_multiple_of is not None:
+            if not isinstance(pad_to_multiple_of, int):
+                raise AutolmTypeError(
+                    f"pad_to_multiple_of must be an int, got {pad_to_multiple_of!r}; pass e.g. 64."
+                )
+            n = old.weight.shape[0] if new_num_tokens is None else new_num_tokens
+            new_num_tokens = -(-n // pad_to_multiple_of) * pad_to_multiple_of
+        if new_num_tokens is None:
+            return old
+        # the same Parameter objects take the new rows, so an optimizer built before still holds them
+        old.weight.data = _resized_rows(self, old.weight, new_num_tokens, mean_resizing)
+        old.num_embeddings = new_num_tokens
+        if old.padding_idx is not None and old.padding_idx >= new_num_tokens:
+            old.padding_idx = None
+        head = self.get_output_embeddings()
+        if head is not None and head.weight is not old.weight:
+            head.weight.data = _resized_rows(self, head.weight, new_num_tokens, mean_resizing)
+            head.out_features = new_num_tokens
+            if getattr(head, "bias", None) is not None:
+                bias = torch.zeros(new_num_tokens, dtype=head.bias.dtype, device=head.bias.device)
+                n = min(new_num_tokens, head.bias.shape[0])
+                bias[:n] = head.bias.data[:n]
+                head.bias = nn.Parameter(bias)
+        elif head is not None:
+            head.out_features = new_num_tokens
+        self.config.vocab_size = new_num_tokens
+        self.vocab_size = new_num_tokens
+        self.tie_weights()
+        return self.get_input_embeddings()
+
+    # --- training --------------------------------------------------------------------------------
+
+    supports_gradient_checkpointing: bool = False
+    main_input_name = "input_ids"
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute each decoder layer in the backward pass instead of keeping its activations
+        (`torch.utils.checkpoint`, non-reentrant unless `gradient_checkpointing_kwargs` say otherwise);
+        only in train mode with gradients on. Caching is off while it is on, as in transformers.
+
+        Raises:
+            AutolmValueError: the model has no checkpointable layers.
+        """
+        from torch.utils.checkpoint import checkpoint
+
+        if not self.supports_gradient_checkpointing:
+            raise AutolmValueError(f"{type(self).__name__} does not support gradient checkpointing.")
+        kwargs = (
+            {"use_reentrant": False}
+            if gradient_checkpointing_kwargs is None
+            else gradient_checkpointing_kwargs
+        )
+        self._set_gradient_checkpointing(True, functools.partial(checkpoint, **kwargs))
+        if kwargs.get("use_reentrant", True):
+            # a reentrant checkpoint passes gradients only to inputs that need them
+            self.enable_input_require_grads()
+
+    def gradient_checkpointing_disable(self) -> None:
+        if self.supports_gradient_checkpointing:
+            self._set_gradient_checkpointing(False, None)
+
+    activation_checkpointing_enable = gradient_checkpointing_enable
+    activation_checkpointing_disable = gradient_checkpointing_disable
+
+    def _set_gradient_checkpointing(self, enable: bool, function) -> None:
+        for module in self.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = enable
+                module._gradient_checkpointing_func = function
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
+    is_activation_checkpointing = is_gradient_checkpointing
+
+    def enable_input_require_grads(self) -> None:
+        """Make the input embeddings' output require grad (adapters on a frozen model, reentrant
+        checkpointing)."""
+
+        def require_grads(module, inputs, output):
+            output.requires_grad_(True)
+
+        self.disable_input_require_grads()
+        self._require_grads_hook = self.get_input_embeddings().register_forward_hook(require_grads)
+
+    def disable_input_require_grads(self) -> None:
+        hook = self.__dict__.pop("_require_grads_hook", None)
+        if hook is not None:
+            hook.remove()
+
     def tied_keys(self) -> set[str]:
         """State-dict keys that alias another weight in this model (and are not saved)."""
         if not getattr(self.config, "tie_word_embeddings", False):
@@ -196,7 +311,7 @@ class PreTrainedModel(nn.Module):
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.config.architectures = [type(self).__name__]
-        self.config.dtype = str(self.dtype).removeprefix("torch.")
+        self.config.dtype = self.dtype  # config.json gets its name
         configs = {CONFIG_NAME: self.config.to_json_string()}
         if self.generation_config is not None:
             configs[GENERATION_CONFIG_NAME] = self.generation_config.to_json_string()
@@ -225,3 +340,30 @@ class PreTrainedModel(nn.Module):
         from .generation.layout import prepare_for_decoding
 
         prepare_for_decoding(self, compiled=compiled)
+
+
+def _resized_rows(model: PreTrainedModel, weight: torch.Tensor, n: int, mean_resizing: bool) -> torch.Tensor:
+    """`weight`'s first min(n, rows) rows, and new rows below as transformers initialises them."""
+    old_n = weight.shape[0]
+    new = torch.empty(n, weight.shape[1], dtype=weight.dtype, device=weight.device)
+    added = n - old_n
+    with torch.no_grad():
+        if added > 0 and not mean_resizing:
+            # the whole matrix is drawn, then the old rows copied over (transformers' random stream)
+            new.normal_(0.0, getattr(model.config, "initializer_range", 0.02))
+        keep = min(n, old_n)
+        new[:keep] = weight[:keep]
+        if added > 0 and mean_resizing:
+            old = weight.float()
+            mean = old.mean(0)
+            centered = old - mean
+            covariance = centered.T @ centered / old_n
+            from torch.distributions import constraints
+            from torch.distributions.multivariate_normal import MultivariateNormal
+
+            if constraints.positive_definite.check(1e-9 * covariance).all():
+                rows = MultivariateNormal(mean, covariance_matrix=1e-9 * covariance).sample((added,))
+            else:
+                rows = mean[None].repeat(added, 1)
+            new[old_n:] = rows.to(weight.dtype)
+    return new

@@ -14,9 +14,10 @@ from .errors import GenerationError
 
 logger = logging.getLogger("autolm")
 
-SUPPORTED_TASKS = ("text-generation",)
+SUPPORTED_TASKS = ("text-generation", "text-classification")
+TASK_ALIASES = {"sentiment-analysis": "text-classification"}
 # task -> default model name; filled in where a default is chosen (None: the caller must pass model=)
-DEFAULT_MODELS: dict[str, str | None] = {"text-generation": None}
+DEFAULT_MODELS: dict[str, str | None] = {"text-generation": None, "text-classification": None}
 
 # __call__ arguments that shape the pipeline's input/output rather than generation
 _PIPELINE_ARGS = {
@@ -69,11 +70,12 @@ def pipeline(
     device_map: Any = None,
     model_kwargs: dict | None = None,
     **kwargs,
-) -> TextGenerationPipeline:
-    """Build a text-generation pipeline.
+) -> TextGenerationPipeline | TextClassificationPipeline:
+    """Build a text-generation or text-classification pipeline.
 
     Args:
-        task: "text-generation".
+        task: "text-generation", or "text-classification" (alias "sentiment-analysis") for the
+            sequence-classification heads.
         model: a name, a path, or a loaded model; None uses the task's default model when one is set.
         tokenizer: a name, a path, or a tokenizer; defaults to the model's.
         dtype / torch_dtype: the weights' dtype ("auto", torch.bfloat16, ...).
@@ -83,13 +85,16 @@ def pipeline(
     Raises:
         GenerationError: an unsupported task, or no model given and none configured.
     """
+    task = TASK_ALIASES.get(task, task)
     if task not in SUPPORTED_TASKS:
         raise GenerationError(
-            f"pipeline task {task!r} is not supported; supported: {', '.join(SUPPORTED_TASKS)}."
+            f"pipeline task {task!r} is not supported; supported: "
+            f"{', '.join([*SUPPORTED_TASKS, *TASK_ALIASES])}."
         )
-    from .auto import AutoModelForCausalLM
+    from .auto import AutoModelForCausalLM, AutoModelForSequenceClassification
     from .tokenization import AutoTokenizer
 
+    auto_class = AutoModelForCausalLM if task == "text-generation" else AutoModelForSequenceClassification
     if model is None:
         model = default_model(task)
     target = _device(device)
@@ -102,7 +107,7 @@ def pipeline(
         elif target is not None:
             load_kwargs["device_map"] = str(target)
         name = model
-        model = AutoModelForCausalLM.from_pretrained(model, **load_kwargs)
+        model = auto_class.from_pretrained(model, **load_kwargs)
     else:
         name = getattr(model, "name_or_path", None)
         if target is not None:
@@ -113,6 +118,8 @@ def pipeline(
         tokenizer = AutoTokenizer.from_pretrained(name)
     elif isinstance(tokenizer, str) or hasattr(tokenizer, "__fspath__"):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+    if task == "text-classification":
+        return TextClassificationPipeline(model, tokenizer, **kwargs)
     return TextGenerationPipeline(model, tokenizer, **kwargs)
 
 
@@ -222,3 +229,85 @@ class TextGenerationPipeline:
             messages[-1]["content"] = messages[-1]["content"] + text
             return {"generated_text": messages}
         return {"generated_text": messages + [{"role": "assistant", "content": text}]}
+
+
+_UNSET = object()
+
+
+class TextClassificationPipeline:
+    """Call with a text, a {"text", "text_pair"} dict, or a list of them; scores per label as
+    transformers' pipeline gives them (softmax / sigmoid / none by config.problem_type and num_labels,
+    or `function_to_apply`; `top_k` labels sorted by score, top_k=None: all)."""
+
+    task = "text-classification"
+    _FUNCTIONS = ("softmax", "sigmoid", "none")
+
+    def __init__(self, model, tokenizer, function_to_apply: str | None = None, top_k: Any = _UNSET, **kwargs):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.defaults = {"function_to_apply": function_to_apply, "top_k": top_k}
+        self.tokenizer_kwargs = kwargs
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def __call__(self, inputs: Any, **kwargs) -> list:
+        function = kwargs.pop("function_to_apply", self.defaults["function_to_apply"])
+        top_k = kwargs.pop("top_k", self.defaults["top_k"])
+        legacy = top_k is _UNSET  # no top_k: one {label, score} per input (transformers' old output)
+        if isinstance(function, str):
+            function = function.lower()
+            if function not in self._FUNCTIONS:
+                raise GenerationError(
+                    f"function_to_apply={function!r} is not one of {', '.join(self._FUNCTIONS)}."
+                )
+        tokenizer_kwargs = {**self.tokenizer_kwargs, **kwargs}
+        if isinstance(inputs, (str, dict)):
+            result = self._one(inputs, function, top_k, legacy, tokenizer_kwargs)
+            return [result] if legacy and isinstance(inputs, str) else result
+        if not isinstance(inputs, (list, tuple)) or not inputs:
+            raise GenerationError(
+                "text-classification inputs are a string, a {'text', 'text_pair'} dict, or a list."
+            )
+        return [self._one(item, function, top_k, legacy, tokenizer_kwargs) for item in inputs]
+
+    def _one(self, item: Any, function: str | None, top_k: Any, legacy: bool, tokenizer_kwargs: dict):
+        if isinstance(item, dict):
+            encoded = self.tokenizer(**item, return_tensors="pt", **tokenizer_kwargs)
+        elif isinstance(item, str):
+            encoded = self.tokenizer(item, return_tensors="pt", **tokenizer_kwargs)
+        else:
+            raise GenerationError(
+                "The pipeline received invalid inputs; to send text pairs, send a dict "
+                '{"text": "My text", "text_pair": "My pair"}.'
+            )
+        inputs = {
+            k: v.to(self.model.device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")
+        }
+        with torch.no_grad():
+            logits = self.model(**inputs, use_cache=False).logits[0].float()
+        config = self.model.config
+        if function is None:
+            problem = getattr(config, "problem_type", None)
+            if problem == "regression":
+                function = "none"
+            elif problem == "multi_label_classification" or config.num_labels == 1:
+                function = "sigmoid"
+            elif problem == "single_label_classification" or config.num_labels > 1:
+                function = "softmax"
+            else:
+                function = getattr(config, "function_to_apply", "none")
+        if function == "sigmoid":
+            scores = torch.sigmoid(logits)
+        elif function == "softmax":
+            scores = torch.softmax(logits, -1)
+        else:
+            scores = logits
+        scores = scores.tolist()
+        if legacy:
+            best = max(range(len(scores)), key=scores.__getitem__)
+            return {"label": config.id2label[best], "score": scores[best]}
+        ranked = [{"label": config.id2label[i], "score": s} for i, s in enumerate(scores)]
+        ranked.sort(key=lambda x: x["score"], reverse=True)
+        return ranked if top_k is None else ranked[:top_k]

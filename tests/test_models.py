@@ -212,7 +212,7 @@ def test_bfloat16_load_keeps_bfloat16(tmp_path):
     model = autolm.AutoModelForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
     assert model.dtype == torch.bfloat16
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
-    assert model.config.dtype == "bfloat16"
+    assert model.config.dtype == torch.bfloat16  # a torch.dtype, as transformers 5
     by_name = autolm.AutoModelForCausalLM.from_pretrained(tmp_path, dtype="bfloat16")
     assert by_name.dtype == torch.bfloat16
     ids = input_ids()

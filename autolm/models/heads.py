@@ -43,10 +43,11 @@ class CausalLMHead:
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool = True,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
         logits_to_keep: int = 0,
         **kwargs,
-    ) -> ModelOutput:
+    ) -> ModelOutput | tuple:
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -55,6 +56,8 @@ class CausalLMHead:
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
             **kwargs,
         )
         h = out.last_hidden_state
@@ -62,9 +65,7 @@ class CausalLMHead:
             h = h[:, -logits_to_keep:]
         logits = self.lm_head(h)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(
-            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states
-        )
+        return _output(self.config, return_dict, loss, logits, out)
 
 
 class SequenceClassificationHead:
@@ -87,9 +88,10 @@ class SequenceClassificationHead:
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool = True,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> ModelOutput:
+    ) -> ModelOutput | tuple:
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -98,6 +100,8 @@ class SequenceClassificationHead:
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
         )
         logits = self.score(out.last_hidden_state)
         B = logits.shape[0]
@@ -113,15 +117,42 @@ class SequenceClassificationHead:
             idx = torch.arange(input_ids.shape[-1], device=logits.device, dtype=torch.int32)
             last = (idx * (input_ids != pad).to(torch.int32)).argmax(-1)
         pooled = logits[torch.arange(B, device=logits.device), last]
-        loss = None
-        if labels is not None:
+        loss = None if labels is None else self.classification_loss(pooled, labels)
+        return _output(self.config, return_dict, loss, pooled, out)
+
+    def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """By config.problem_type, set from the labels when None (transformers' rule): regression (MSE),
+        single-label (cross-entropy) or multi-label (BCE with logits)."""
+        problem = getattr(self.config, "problem_type", None)
+        if problem is None:
             if self.num_labels == 1:
-                loss = F.mse_loss(pooled.squeeze().float(), labels.squeeze().float())
+                problem = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                problem = "single_label_classification"
             else:
-                loss = F.cross_entropy(pooled.float().view(-1, self.num_labels), labels.view(-1))
-        return ModelOutput(
-            loss=loss, logits=pooled, past_key_values=out.past_key_values, hidden_states=out.hidden_states
-        )
+                problem = "multi_label_classification"
+            self.config.problem_type = problem
+        labels = labels.to(logits.device)
+        if problem == "regression":
+            if self.num_labels == 1:
+                return F.mse_loss(logits.squeeze().float(), labels.squeeze().float())
+            return F.mse_loss(logits.float(), labels.float())
+        if problem == "single_label_classification":
+            return F.cross_entropy(logits.float().view(-1, self.num_labels), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+def _output(config, return_dict: bool | None, loss, logits, base: ModelOutput) -> ModelOutput | tuple:
+    """A head's output in transformers' order (loss, logits, past_key_values, hidden_states, attentions);
+    a tuple of the entries that are set when `return_dict=False`."""
+    out = ModelOutput(
+        loss=loss,
+        logits=logits,
+        past_key_values=base.past_key_values,
+        hidden_states=base.hidden_states,
+        attentions=base.attentions,
+    )
+    return out if config.return_dict_for(return_dict) else out.to_tuple()
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:

@@ -305,8 +305,10 @@ def attention(
     scaling: float,
     implementation: str = "sdpa",
     is_causal: bool = False,
-) -> torch.Tensor:
-    """q: (B, H, T, D); k, v: (B, KVH, S, D). Returns (B, T, H, D).
+    output_weights: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """q: (B, H, T, D); k, v: (B, KVH, S, D). Returns (B, T, H, D), and with `output_weights` the
+    attention probabilities (B, H, T, S) too (always the eager path then, as transformers).
 
     `mask`: None, a boolean mask (True where a query may attend) or a float bias added to the scores
     (e.g. T5's relative positions), broadcastable to (B, H, T, S). `is_causal`: with no mask, queries
@@ -315,7 +317,7 @@ def attention(
     n_rep = q.shape[1] // k.shape[1]
     q_len, kv_len = q.shape[2], k.shape[2]
     causal = is_causal and mask is None and q_len > 1
-    if implementation == "eager":
+    if implementation == "eager" or output_weights:
         if n_rep > 1:
             k = k.repeat_interleave(n_rep, dim=1)
             v = v.repeat_interleave(n_rep, dim=1)
@@ -325,6 +327,8 @@ def attention(
         scores = _apply_mask(scores, mask)
         probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         out = torch.matmul(probs, v)
+        if output_weights:
+            return out.transpose(1, 2), probs
     elif q_len == 1 and not causal:
         # One new token (decoding): the native kernel, else two small matmuls per kv head group. sdpa's
         # CPU kernel costs milliseconds per call here, more than the layer's weights take to stream.

@@ -12,6 +12,7 @@ from torch import nn
 from ..configuration import PretrainedConfig
 from ..errors import AutolmValueError
 from ..kernels.decoder import Decoder, Layer
+from ..logging import warning_once
 from ..modeling_utils import ModelOutput, PreTrainedModel
 from .cache import DynamicCache, StaticCache
 from .heads import CausalLMHead, SequenceClassificationHead
@@ -126,7 +127,8 @@ class LlamaAttention(nn.Module):
         """Per-head normalisation before rotary; none in Llama (see Qwen3)."""
         return q, k
 
-    def forward(self, x, position_embeddings, masks, cache) -> torch.Tensor:
+    def forward(self, x, position_embeddings, masks, cache, attentions: list | None = None) -> torch.Tensor:
+        """`attentions`: a list to append this layer's attention probabilities to (output_attentions)."""
         B, T, _ = x.shape
         q, k, v = self.project(x)
         q, k = apply_rotary(*self.norm_qk(q, k), *position_embeddings)
@@ -134,7 +136,12 @@ class LlamaAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
         mask = masks[self.attention_type]
-        out = attention(q, k, v, mask, self.scaling, self.config._attn_implementation, is_causal=True)
+        impl = self.config._attn_implementation
+        if attentions is not None:
+            out, probs = attention(q, k, v, mask, self.scaling, impl, is_causal=True, output_weights=True)
+            attentions.append(probs)
+        else:
+            out = attention(q, k, v, mask, self.scaling, impl, is_causal=True)
         return self.o_proj(out.reshape(B, T, -1))
 
 
@@ -164,14 +171,15 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, x, position_embeddings, masks, cache) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), position_embeddings, masks, cache)
+    def forward(self, x, position_embeddings, masks, cache, attentions: list | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), position_embeddings, masks, cache, attentions)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class LlamaPreTrainedModel(PreTrainedModel):
     config_class = LlamaConfig
     base_model_prefix = "model"
+    supports_gradient_checkpointing = True
     attention_class: type[nn.Module] = LlamaAttention
 
 
@@ -187,6 +195,7 @@ class LlamaModel(LlamaPreTrainedModel):
         )
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
+        self.gradient_checkpointing = False
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
@@ -211,10 +220,11 @@ class LlamaModel(LlamaPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool = True,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
         cache_position: torch.LongTensor | None = None,
         **kwargs,
-    ) -> ModelOutput:
+    ) -> ModelOutput | tuple:
         if (input_ids is None) == (inputs_embeds is None):
             raise AutolmValueError("Pass exactly one of input_ids or inputs_embeds.")
         past_key_values = kwargs.get("cache", past_key_values)  # transformers 5's new name
@@ -223,6 +233,12 @@ class LlamaModel(LlamaPreTrainedModel):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        if checkpointing and use_cache:
+            warning_once("use_cache=True is incompatible with gradient checkpointing; using use_cache=False.")
+            use_cache = False
         cache = past_key_values
         if cache is None and use_cache:
             cache = self.make_cache(B)
@@ -232,18 +248,24 @@ class LlamaModel(LlamaPreTrainedModel):
         position_embeddings = self.rotary_emb(x, position_ids)
 
         hidden_states = [x] if output_hidden_states else None
+        attentions: list | None = [] if output_attentions else None
         for layer in self.layers:
-            x = layer(x, position_embeddings, masks, cache)
+            if checkpointing:
+                x = self._gradient_checkpointing_func(layer, x, position_embeddings, masks, cache, attentions)
+            else:
+                x = layer(x, position_embeddings, masks, cache, attentions)
             if hidden_states is not None:
                 hidden_states.append(x)
         x = self.norm(x)
         if hidden_states is not None:
             hidden_states[-1] = x  # the last entry is the normed output, as in transformers
-        return ModelOutput(
+        out = ModelOutput(
             last_hidden_state=x,
             past_key_values=cache if use_cache else None,
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+            attentions=tuple(attentions) if attentions is not None else None,
         )
+        return out if self.config.return_dict_for(return_dict) else out.to_tuple()
 
 
 class LlamaForCausalLM(CausalLMHead, LlamaPreTrainedModel):
@@ -258,6 +280,7 @@ class LlamaForCausalLM(CausalLMHead, LlamaPreTrainedModel):
             and same_code(base.norm, RMSNorm, "forward")
             and same_code(self.lm_head, Linear, "forward")
             and not c.output_hidden_states
+            and not c.output_attentions
             and c.hidden_act in ("silu", "swish", "gelu_pytorch_tanh", "relu", "gelu")
         ):
             return None

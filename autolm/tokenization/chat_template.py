@@ -65,6 +65,10 @@ class _Budget:
 _BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar(
     "autolm_template_budget", default=None
 )
+# (chunks rendered so far, character spans of `{% generation %}` blocks) while masks are asked for
+_SPANS: contextvars.ContextVar[tuple[list[str], list] | None] = contextvars.ContextVar(
+    "autolm_generation_spans", default=None
+)
 
 
 def _max_chars() -> int:
@@ -255,7 +259,13 @@ def compile_chat_template(template: str):
             return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
 
         def _render(self, caller):
-            return caller()
+            text = caller()
+            tracking = _SPANS.get()
+            if tracking is not None:  # return_assistant_tokens_mask: where this block lands in the output
+                chunks, spans = tracking
+                start = sum(map(len, chunks))
+                spans.append((start, start + len(text)))
+            return text
 
     class _Namespace(jinja2.utils.Namespace):
         # Underscore names on a namespace could shadow its internals
@@ -409,6 +419,7 @@ def render_chat_template(
     tools: list[dict | Callable] | None = None,
     documents: list[dict] | None = None,
     template_source: str | None = None,
+    generation_spans: list | None = None,
     **template_kwargs: Any,
 ) -> str | list[str]:
     """Render one conversation (-> str) or a batch of them (-> list[str]) with a chat template.
@@ -422,6 +433,8 @@ def render_chat_template(
         documents: RAG documents (dicts), passed as `documents`.
         template_source: where the template came from (a file name), for error messages.
         template_kwargs: more template variables (`bos_token`, `enable_thinking`, ...).
+        generation_spans: a list that gets, per conversation, the (start, end) character spans of the
+            template's `{% generation %}` blocks (for `return_assistant_tokens_mask`).
 
     Rendering is limited to MAX_SECONDS and to MAX_OUTPUT characters (or 10x the inputs' size).
 
@@ -439,6 +452,9 @@ def render_chat_template(
     batched = is_batched_chat(conversation)
     conversations = list(conversation) if batched else [conversation]
     if tools is not None:
+        from .tool_schema import get_json_schema
+
+        tools = [get_json_schema(t) if callable(t) and not isinstance(t, Mapping) else t for t in tools]
         for tool in tools:
             if not isinstance(tool, Mapping):
                 raise ChatTemplateError(
@@ -476,7 +492,10 @@ def render_chat_template(
                 )
             final_text, messages[-1][field] = _tag_final(messages[-1][field])
         variables = {"messages": messages, "add_generation_prompt": add_generation_prompt, **shared}
-        text = _render(compiled, variables, source, template_source)
+        spans: list | None = [] if generation_spans is not None else None
+        text = _render(compiled, variables, source, template_source, spans)
+        if generation_spans is not None:
+            generation_spans.append(spans)
         if final_text is not None:
             text = _cut_at_tag(text, final_text)
         rendered.append(text)
@@ -494,7 +513,9 @@ def _text_size(value: Any) -> int:
     return 8
 
 
-def _render(compiled, variables: dict, source: str, template_source: str | None) -> str:
+def _render(
+    compiled, variables: dict, source: str, template_source: str | None, spans: list | None = None
+) -> str:
     """Render under the time and size budget; whatever goes wrong inside is a ChatTemplateError."""
     import jinja2
 
@@ -502,6 +523,7 @@ def _render(compiled, variables: dict, source: str, template_source: str | None)
     budget = _Budget(MAX_SECONDS, max(MAX_OUTPUT, 10 * _text_size(variables)))
     token = _BUDGET.set(budget)
     chunks: list[str] = []
+    spans_token = _SPANS.set((chunks, spans)) if spans is not None else None
     size = 0
     try:
         for chunk in compiled.generate(**variables):
@@ -548,6 +570,8 @@ def _render(compiled, variables: dict, source: str, template_source: str | None)
         ) from None
     finally:
         _BUDGET.reset(token)
+        if spans_token is not None:
+            _SPANS.reset(spans_token)
     return "".join(chunks)
 
 

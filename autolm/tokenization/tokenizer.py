@@ -680,12 +680,16 @@ class PreTrainedTokenizerFast:
         return_tensors: str | None = None,
         return_dict: bool = True,
         tokenizer_kwargs: dict[str, Any] | None = None,
+        return_assistant_tokens_mask: bool = False,
         **template_kwargs: Any,
     ) -> str | list[str] | list[int] | list[list[int]] | BatchEncoding:
         """Render a conversation (or a batch) with the chat template, and tokenize it unless `tokenize=False`.
 
         As in transformers 5, a tokenized result is a `BatchEncoding` (`return_dict=True`, the default);
         `return_dict=False` gives the ids alone. The template's own special tokens are not added twice.
+        `tools` may hold Python functions (described from their signature and Google-style docstring).
+        `return_assistant_tokens_mask`: an `assistant_masks` entry, 1 on every token that overlaps a
+        `{% generation %}` block of the template.
 
         Raises:
             ChatTemplateError: no template, malformed messages, or the template called raise_exception.
@@ -694,6 +698,7 @@ class PreTrainedTokenizerFast:
         if isinstance(conversation, (list, tuple)) and len(conversation) == 0:
             raise ChatTemplateError("The conversation is empty; pass at least one message.")
         template = self.get_chat_template(chat_template, tools)
+        spans: list | None = [] if return_assistant_tokens_mask else None
         variables = {**self.special_tokens_map, **template_kwargs}
         own = chat_template is None or (
             isinstance(self.chat_template, dict) and chat_template in self.chat_template
@@ -706,6 +711,7 @@ class PreTrainedTokenizerFast:
             continue_final_message=continue_final_message,
             tools=tools,
             documents=documents,
+            generation_spans=spans,
             **variables,
         )
         if not tokenize:
@@ -719,6 +725,15 @@ class PreTrainedTokenizerFast:
             return_tensors=return_tensors,
             **(tokenizer_kwargs or {}),
         )
+        if spans is not None and return_dict:
+            masks = [_span_mask(enc.offsets, s) for enc, s in zip(out.encodings, spans)]
+            batched = not isinstance(rendered, str)
+            value = masks if batched or return_tensors else masks[0]
+            if return_tensors == "pt":
+                import torch
+
+                value = torch.tensor(masks)
+            out["assistant_masks"] = value
         return out if return_dict else out["input_ids"]
 
     # --- saving -------------------------------------------------------------------------------
@@ -845,3 +860,17 @@ def _is_json(value: Any) -> bool:
 
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def _span_mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """1 for each token whose characters overlap one of `spans` (both in order: one pass)."""
+    mask = [0] * len(offsets)
+    i = 0
+    for t, (start, end) in enumerate(offsets):
+        while i < len(spans) and start >= spans[i][1]:
+            i += 1
+        if i == len(spans):
+            break
+        if end > spans[i][0]:
+            mask[t] = 1
+    return mask
