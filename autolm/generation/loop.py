@@ -103,11 +103,28 @@ def _make_cache(model, batch_size: int, max_cache_len: int | None = None):
 
 
 def _positions(mask: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
-    """Position ids (B, L): with padding, count real tokens only (left padding keeps rows aligned)."""
+    """Position ids (B, L): with padding, count real tokens only (left padding keeps rows aligned);
+    padding gets 0, as in transformers 5 (it matters for a right-padded prompt's last position)."""
     if mask is None:
         return torch.arange(length, device=device).expand(batch, length)
     positions = mask.long().cumsum(-1) - 1
-    return positions.masked_fill(mask == 0, 1)
+    return positions.masked_fill(mask == 0, 0)
+
+
+def _prompt_mask(mask: torch.Tensor | None, kv_len: int) -> torch.Tensor | None:
+    """For a right-padded prompt, transformers' 4D prefill mask (B, 1, P, kv_len): causal over real
+    tokens only, so the padding query that predicts the first token does not see itself (a query with
+    nothing to see, left padding, sees itself). None otherwise: the model builds its own."""
+    if mask is None or bool(mask[:, -1].all()):
+        return None
+    B, P = mask.shape
+    q = torch.arange(P, device=mask.device)[:, None]
+    k = torch.arange(kv_len, device=mask.device)[None, :]
+    keep = torch.zeros(B, kv_len, dtype=torch.bool, device=mask.device)
+    keep[:, :P] = mask.bool()
+    full = (k <= q)[None, None] & keep[:, None, None, :]
+    empty = ~full.any(dim=-1, keepdim=True)
+    return full | (empty & (k == q)[None, None])
 
 
 class _Decoder:
@@ -127,7 +144,9 @@ class _Decoder:
         self.sequences = torch.empty(B, total, dtype=torch.long, device=device)
         self.sequences[:, :P] = input_ids
         positions = _positions(mask, B, P, device)
-        self.next_position = positions[:, -1:] + 1  # (B, 1)
+        self.next_position = positions[:, -1:] + 1  # (B, 1); after right padding 1, as transformers
+        self.positions = torch.empty(B, total, dtype=torch.long, device=device)  # for the no-cache path
+        self.positions[:, :P] = positions
         self.unfinished = torch.ones(B, dtype=torch.bool, device=device)
         self.pad = torch.tensor(plan.pad_token_id, device=device)
         self.cache = None
@@ -140,8 +159,14 @@ class _Decoder:
             self.valid = torch.zeros(B, cache_len, dtype=torch.bool, device=device)
             self.valid[:, :P] = True if mask is None else mask.bool()
             self.decode = compiled_decode_one_token() if plan.compile else decode_one_token
+            prompt_mask = _prompt_mask(mask, cache_len)
             self.logits = prefill(
-                model, input_ids, self.valid, positions, self.cache, torch.arange(P, device=device)
+                model,
+                input_ids,
+                self.valid if prompt_mask is None else prompt_mask,
+                positions,
+                self.cache,
+                torch.arange(P, device=device),
             )
             return
         self.full_mask = None
@@ -150,7 +175,10 @@ class _Decoder:
             self.full_mask[:, :P] = mask
         if plan.config.use_cache:
             self.cache = _make_cache(model, B)
-        self.logits = prefill(model, input_ids, mask, positions, self.cache)
+        prompt_mask = _prompt_mask(mask, P)
+        self.logits = prefill(
+            model, input_ids, mask if prompt_mask is None else prompt_mask, positions, self.cache
+        )
 
     def choose(self, step: int, scores: list | None, logits: list | None = None) -> torch.Tensor:
         """The next token of every row (pad for finished rows), recorded in `sequences`."""
@@ -199,8 +227,8 @@ class _Decoder:
             )
         else:  # no cache: run the whole sequence again
             mask = self.full_mask[:, : length + 1] if self.full_mask is not None else None
-            B = token.shape[0]
-            positions = _positions(mask, B, length + 1, self.device)
+            self.positions[:, length : length + 1] = self.next_position
+            positions = self.positions[:, : length + 1]
             self.logits = prefill(model, self.sequences[:, : length + 1], mask, positions, None)
         self.next_position = self.next_position + 1
 
