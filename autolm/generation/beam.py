@@ -36,8 +36,8 @@ def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def reorder_cache(cache, index: torch.Tensor) -> None:
     """Rows of the cache follow `index` (B * N,): in place for a static cache, whose buffers a compiled
     step holds on to."""
-    if cache is None:
-        return
+    if cache is None or torch.equal(index, torch.arange(index.shape[0], device=index.device)):
+        return  # every beam kept its row: nothing to copy
     keys, values = getattr(cache, "keys", None), getattr(cache, "values", None)
     if isinstance(keys, list) and isinstance(values, list):
         for buffer in (*keys, *values):
