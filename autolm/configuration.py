@@ -601,23 +601,42 @@ PreTrainedConfig = PretrainedConfig
 class GenerationConfig:
     """Defaults for `generate`, read from generation_config.json. Unknown keys are kept."""
 
-    defaults: dict[str, Any] = {
+    # As transformers 5: every setting is None until a file, the user or generate() sets it, so generate()
+    # can tell "max_length was left alone" (20 NEW tokens) from "max_length=20" (20 in all).
+    defaults: dict[str, Any] = dict.fromkeys(
+        (
+            "max_length", "max_new_tokens", "min_length", "min_new_tokens", "early_stopping", "max_time",
+            "stop_strings", "do_sample", "num_beams", "num_beam_groups", "use_cache", "cache_implementation",
+            "temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
+            "diversity_penalty", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
+            "bad_words_ids", "renormalize_logits", "suppress_tokens", "begin_suppress_tokens",
+            "num_return_sequences", "output_attentions", "output_hidden_states", "output_scores",
+            "output_logits", "return_dict_in_generate", "pad_token_id", "bos_token_id", "eos_token_id",
+        )
+    )  # fmt: skip
+    # What generate() uses for a setting still None (transformers' _get_default_generation_params).
+    global_defaults: dict[str, Any] = {
         "max_length": 20,
-        "max_new_tokens": None,
         "min_length": 0,
-        "min_new_tokens": None,
         "do_sample": False,
+        "use_cache": True,
+        "early_stopping": False,
+        "num_beams": 1,
+        "num_beam_groups": 1,
         "temperature": 1.0,
         "top_k": 50,
         "top_p": 1.0,
-        "min_p": None,
+        "typical_p": 1.0,
+        "epsilon_cutoff": 0.0,
+        "eta_cutoff": 0.0,
+        "diversity_penalty": 0.0,
         "repetition_penalty": 1.0,
+        "length_penalty": 1.0,
+        "no_repeat_ngram_size": 0,
         "num_return_sequences": 1,
-        "bos_token_id": None,
-        "eos_token_id": None,
-        "pad_token_id": None,
-        "use_cache": True,
-        "stop_strings": None,
+        "output_scores": False,
+        "output_logits": False,
+        "return_dict_in_generate": False,
     }
 
     def __init__(self, **kwargs: Any):

@@ -216,7 +216,7 @@ def test_unknown_argument_is_a_clear_error(llama):
         (dict(max_new_tokens=-3), "max_new_tokens"),
         (dict(do_sample=True, temperature=0.0), "temperature"),
         (dict(num_return_sequences=2), "do_sample"),
-        (dict(num_beams=4), "beam"),
+        (dict(num_beams=2, num_return_sequences=3), "beam"),
     ],
 )
 def test_bad_settings(llama, kwargs, match):

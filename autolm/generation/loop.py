@@ -5,18 +5,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 
 from .. import kernels
 from ..configuration import GenerationConfig
+from ..errors import GenerationError
 from ..kernels.decoder import NativeDecoder, native_decoder
 from ..modeling_utils import ModelOutput
 from ..models.cache import DynamicCache, StaticCache
 from . import sampling
+from .beam import beam_search
 from .layout import prepare_for_decoding
+from .processors import apply, processors_for
 from .settings import Plan, make_plan, merge_settings
+from .stopping import StoppingCriteriaList
 
 _compiled_decode = None
 
@@ -56,22 +60,6 @@ def compiled_decode_one_token():
     return _compiled_decode
 
 
-def next_token_scores(logits: torch.Tensor, sequences: torch.Tensor, step: int, plan: Plan) -> torch.Tensor:
-    """Logits processors in transformers' order: repetition penalty, min tokens, then the sampling warpers."""
-    config = plan.config
-    if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
-        if plan.attention_mask is not None:  # padding is not a repetition: mark it out of vocabulary
-            padding = plan.attention_mask == 0
-            sequences = sequences.clone()
-            sequences[:, : padding.shape[1]].masked_fill_(padding, logits.shape[-1])
-        logits = sampling.repetition_penalty(logits, sequences, config.repetition_penalty)
-    if step < plan.min_new_tokens and plan.eos is not None:
-        logits = sampling.suppress(logits, plan.eos)
-    if config.do_sample:
-        logits = sampling.warp(logits, config)
-    return logits
-
-
 def generate_tokens(
     model,
     input_ids: torch.Tensor | list,
@@ -88,9 +76,19 @@ def generate_tokens(
     Raises:
         GenerationError: bad settings or prompt (raised on the first `next()`).
     """
+    processors, criteria = kwargs.pop("logits_processor", None), kwargs.pop("stopping_criteria", None)
     config = merge_settings(model, generation_config, kwargs)
-    plan = make_plan(model, input_ids, attention_mask, config, tokenizer)
+    plan = _planned(model, input_ids, attention_mask, config, tokenizer, processors, criteria)
+    if plan.num_beams > 1:
+        raise GenerationError("generate_tokens yields one token per row: use generate() for beam search.")
     yield from run(model, plan)
+
+
+def _planned(model, input_ids, attention_mask, config, tokenizer, processors, criteria) -> Plan:
+    plan = make_plan(model, input_ids, attention_mask, config, tokenizer)
+    plan.processors = processors_for(plan, list(processors or []))
+    plan.criteria = StoppingCriteriaList(criteria) if criteria else None
+    return plan
 
 
 def _make_cache(model, batch_size: int, max_cache_len: int | None = None):
@@ -105,11 +103,28 @@ def _make_cache(model, batch_size: int, max_cache_len: int | None = None):
 
 
 def _positions(mask: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
-    """Position ids (B, L): with padding, count real tokens only (left padding keeps rows aligned)."""
+    """Position ids (B, L): with padding, count real tokens only (left padding keeps rows aligned);
+    padding gets 0, as in transformers 5 (it matters for a right-padded prompt's last position)."""
     if mask is None:
         return torch.arange(length, device=device).expand(batch, length)
     positions = mask.long().cumsum(-1) - 1
-    return positions.masked_fill(mask == 0, 1)
+    return positions.masked_fill(mask == 0, 0)
+
+
+def _prompt_mask(mask: torch.Tensor | None, kv_len: int) -> torch.Tensor | None:
+    """For a right-padded prompt, transformers' 4D prefill mask (B, 1, P, kv_len): causal over real
+    tokens only, so the padding query that predicts the first token does not see itself (a query with
+    nothing to see, left padding, sees itself). None otherwise: the model builds its own."""
+    if mask is None or bool(mask[:, -1].all()):
+        return None
+    B, P = mask.shape
+    q = torch.arange(P, device=mask.device)[:, None]
+    k = torch.arange(kv_len, device=mask.device)[None, :]
+    keep = torch.zeros(B, kv_len, dtype=torch.bool, device=mask.device)
+    keep[:, :P] = mask.bool()
+    full = (k <= q)[None, None] & keep[:, None, None, :]
+    empty = ~full.any(dim=-1, keepdim=True)
+    return full | (empty & (k == q)[None, None])
 
 
 class _Decoder:
@@ -129,7 +144,9 @@ class _Decoder:
         self.sequences = torch.empty(B, total, dtype=torch.long, device=device)
         self.sequences[:, :P] = input_ids
         positions = _positions(mask, B, P, device)
-        self.next_position = positions[:, -1:] + 1  # (B, 1)
+        self.next_position = positions[:, -1:] + 1  # (B, 1); after right padding 1, as transformers
+        self.positions = torch.empty(B, total, dtype=torch.long, device=device)  # for the no-cache path
+        self.positions[:, :P] = positions
         self.unfinished = torch.ones(B, dtype=torch.bool, device=device)
         self.pad = torch.tensor(plan.pad_token_id, device=device)
         self.cache = None
@@ -142,8 +159,14 @@ class _Decoder:
             self.valid = torch.zeros(B, cache_len, dtype=torch.bool, device=device)
             self.valid[:, :P] = True if mask is None else mask.bool()
             self.decode = compiled_decode_one_token() if plan.compile else decode_one_token
+            prompt_mask = _prompt_mask(mask, cache_len)
             self.logits = prefill(
-                model, input_ids, self.valid, positions, self.cache, torch.arange(P, device=device)
+                model,
+                input_ids,
+                self.valid if prompt_mask is None else prompt_mask,
+                positions,
+                self.cache,
+                torch.arange(P, device=device),
             )
             return
         self.full_mask = None
@@ -152,12 +175,18 @@ class _Decoder:
             self.full_mask[:, :P] = mask
         if plan.config.use_cache:
             self.cache = _make_cache(model, B)
-        self.logits = prefill(model, input_ids, mask, positions, self.cache)
+        prompt_mask = _prompt_mask(mask, P)
+        self.logits = prefill(
+            model, input_ids, mask if prompt_mask is None else prompt_mask, positions, self.cache
+        )
 
-    def choose(self, step: int, scores: list[torch.Tensor] | None) -> torch.Tensor:
+    def choose(self, step: int, scores: list | None, logits: list | None = None) -> torch.Tensor:
         """The next token of every row (pad for finished rows), recorded in `sequences`."""
         length = self.prompt_len + step
-        step_scores = next_token_scores(self.logits, self.sequences[:, :length], step, self.plan)
+        if logits is not None:
+            logits.append(self.logits)
+        step_scores = apply(self.plan.processors, self.sequences[:, :length], self.logits)
+        self.scores = scores
         if scores is not None:
             scores.append(step_scores)
         token = sampling.sample(step_scores, self.plan.config.do_sample)
@@ -171,6 +200,9 @@ class _Decoder:
             self.unfinished &= ~torch.isin(token, plan.eos)
         if plan.stop is not None:
             self.unfinished &= ~plan.stop(self.sequences[:, : self.prompt_len + step + 1])
+        if plan.criteria is not None:
+            seen = tuple(self.scores) if getattr(self, "scores", None) is not None else None
+            self.unfinished &= ~plan.criteria(self.sequences[:, : self.prompt_len + step + 1], seen)
         return step == plan.max_new_tokens - 1 or not bool(self.unfinished.any())
 
     def advance(self, token: torch.Tensor, step: int) -> None:
@@ -195,14 +227,17 @@ class _Decoder:
             )
         else:  # no cache: run the whole sequence again
             mask = self.full_mask[:, : length + 1] if self.full_mask is not None else None
-            B = token.shape[0]
-            positions = _positions(mask, B, length + 1, self.device)
+            self.positions[:, length : length + 1] = self.next_position
+            positions = self.positions[:, : length + 1]
             self.logits = prefill(model, self.sequences[:, : length + 1], mask, positions, None)
         self.next_position = self.next_position + 1
 
 
-def run(model, plan: Plan, scores: list[torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
-    """The loop itself, for a plan from `make_plan`. Appends processed scores to `scores` when given.
+def run(
+    model, plan: Plan, scores: list[torch.Tensor] | None = None, logits: list[torch.Tensor] | None = None
+) -> Iterator[torch.Tensor]:
+    """The loop itself, for a plan from `make_plan`. Appends processed scores to `scores` and the raw
+    logits to `logits` when given.
 
     Inference mode is entered around each step only, so the caller's code between steps runs normally.
     """
@@ -211,7 +246,7 @@ def run(model, plan: Plan, scores: list[torch.Tensor] | None = None) -> Iterator
     waiting = False  # for a background kernel build (see kernels.build_in_background)
     for step in range(plan.max_new_tokens):
         with torch.inference_mode():
-            token = decoder.choose(step, scores)
+            token = decoder.choose(step, scores, logits)
         yield token
         with torch.inference_mode():
             if decoder.finished(token, step):
@@ -259,16 +294,33 @@ def generate(
     """
     if inputs is None:
         inputs = kwargs.pop("input_ids", None)
-    if isinstance(inputs, dict):  # a BatchEncoding passed whole
+    if isinstance(inputs, Mapping):  # a BatchEncoding (a UserDict) or dict passed whole: the v4 habit
         attention_mask = inputs.get("attention_mask", attention_mask)
         inputs = inputs["input_ids"]
+    processors, criteria = kwargs.pop("logits_processor", None), kwargs.pop("stopping_criteria", None)
     try:
         config = merge_settings(model, generation_config, kwargs)
-        plan = make_plan(model, inputs, attention_mask, config, tokenizer)
+        plan = _planned(model, inputs, attention_mask, config, tokenizer, processors, criteria)
+        want_scores = bool(config.return_dict_in_generate and config.output_scores)
+        want_logits = bool(config.return_dict_in_generate and config.output_logits)
+        if plan.num_beams > 1:
+            if streamer is not None:
+                raise GenerationError("A streamer cannot be used with beam search (num_beams > 1).")
+            beams = beam_search(model, plan, _Decoder, want_scores, want_logits)
+            if not config.return_dict_in_generate:
+                return beams.sequences
+            return ModelOutput(
+                sequences=beams.sequences,
+                sequences_scores=beams.sequences_scores if want_scores else None,
+                scores=beams.scores,
+                logits=beams.logits,
+                beam_indices=beams.beam_indices,
+            )
         if streamer is not None:
             streamer.put(plan.input_ids.cpu())
-        scores: list[torch.Tensor] | None = [] if config.output_scores else None
-        new = [token for token in _streamed(run(model, plan, scores), streamer)]
+        scores: list[torch.Tensor] | None = [] if want_scores else None
+        logits: list[torch.Tensor] | None = [] if want_logits else None
+        new = [token for token in _streamed(run(model, plan, scores, logits), streamer)]
         if streamer is not None:
             streamer.end()
     except Exception as exc:
@@ -279,7 +331,11 @@ def generate(
         raise
     sequences = torch.cat([plan.input_ids, torch.stack(new, dim=1)], dim=1)
     if config.return_dict_in_generate:
-        return ModelOutput(sequences=sequences, scores=tuple(scores) if scores is not None else None)
+        return ModelOutput(
+            sequences=sequences,
+            scores=tuple(scores) if scores is not None else None,
+            logits=tuple(logits) if logits is not None else None,
+        )
     return sequences
 
 

@@ -34,40 +34,41 @@ def temperature(scores: torch.Tensor, value: float) -> torch.Tensor:
     return scores / value
 
 
-def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+def top_k(scores: torch.Tensor, k: int, min_keep: int = 1) -> torch.Tensor:
     """Keep the k highest scores."""
-    k = min(k, scores.shape[-1])
+    k = min(max(k, min_keep), scores.shape[-1])
     threshold = torch.topk(scores, k)[0][..., -1, None]
     return scores.masked_fill(scores < threshold, -float("inf"))
 
 
-def top_p(scores: torch.Tensor, p: float) -> torch.Tensor:
+def top_p(scores: torch.Tensor, p: float, min_keep: int = 1) -> torch.Tensor:
     """Keep the smallest set of tokens whose probability adds up to at least p (always the top one)."""
     ascending, order = torch.sort(scores, descending=False)
     cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
     drop = cumulative <= (1 - p)
-    drop[..., -1:] = False
+    drop[..., -min_keep:] = False
     return scores.masked_fill(drop.scatter(1, order, drop), -float("inf"))
 
 
-def min_p(scores: torch.Tensor, p: float) -> torch.Tensor:
+def min_p(scores: torch.Tensor, p: float, min_keep: int = 1) -> torch.Tensor:
     """Drop tokens less likely than p times the most likely token."""
     probs = scores.softmax(dim=-1)
     drop = probs < p * probs.amax(dim=-1, keepdim=True)
-    drop.scatter_(-1, torch.topk(probs, 1).indices, False)
+    drop.scatter_(-1, torch.topk(probs, min_keep).indices, False)
     return scores.masked_fill(drop, -float("inf"))
 
 
-def warp(scores: torch.Tensor, config) -> torch.Tensor:
-    """Apply the sampling warpers the config turns on, in transformers' order."""
+def warp(scores: torch.Tensor, config, min_keep: int = 1) -> torch.Tensor:
+    """Apply the sampling warpers the config turns on, in transformers' order (typical, epsilon and eta
+    follow in `processors`); beam sampling keeps at least `min_keep` tokens."""
     if config.temperature is not None and config.temperature != 1.0:
         scores = temperature(scores, config.temperature)
     if config.top_k:
-        scores = top_k(scores, config.top_k)
+        scores = top_k(scores, config.top_k, min_keep)
     if config.top_p is not None and config.top_p < 1.0:
-        scores = top_p(scores, config.top_p)
+        scores = top_p(scores, config.top_p, min_keep)
     if config.min_p is not None:
-        scores = min_p(scores, config.min_p)
+        scores = min_p(scores, config.min_p, min_keep)
     return scores
 
 

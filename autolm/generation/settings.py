@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -15,25 +15,25 @@ from .stopping import StopStrings, eos_ids
 
 logger = logging.getLogger("autolm")
 
-# Settings accepted besides the GenerationConfig attributes. `compile` and `truncation` are autolm's own.
-EXTRA_SETTINGS = {
-    "cache_implementation": None,
-    "compile": False,
-    "truncation": False,
-    "return_dict_in_generate": False,
-    "output_scores": False,
-    "num_beams": 1,
-}
+# Settings accepted besides the GenerationConfig attributes: autolm's own.
+EXTRA_SETTINGS = {"compile": False, "truncation": False}
 # Model inputs a tokenizer may return that these decoder-only models do not use.
 IGNORED_INPUTS = {"token_type_ids"}
 
 
 def merge_settings(model, generation_config: GenerationConfig | None, kwargs: dict) -> GenerationConfig:
-    """Model defaults (generation_config.json) < `generation_config`'s non-default values < kwargs."""
+    """As transformers: `generation_config` (or an empty one) < the model's generation_config.json for what
+    it leaves None < transformers' global defaults for what is still None; kwargs override all."""
+    config = copy.deepcopy(generation_config) if generation_config is not None else GenerationConfig()
     base = getattr(model, "generation_config", None)
-    config = copy.deepcopy(base) if base is not None else GenerationConfig()
-    if generation_config is not None:
-        for key, value in generation_config.to_diff_dict().items():
+    if base is not None:
+        for key, value in base.to_dict().items():
+            if getattr(config, key, None) is None:
+                setattr(config, key, value)
+    # left alone everywhere: 20 new tokens, not 20 in all (transformers' has_default_max_length)
+    config._default_max_length = config.max_length is None and kwargs.get("max_length") is None
+    for key, value in GenerationConfig.global_defaults.items():
+        if getattr(config, key, None) is None:
             setattr(config, key, value)
     for key, value in EXTRA_SETTINGS.items():
         if not hasattr(config, key):
@@ -43,7 +43,8 @@ def merge_settings(model, generation_config: GenerationConfig | None, kwargs: di
         known = sorted(set(GenerationConfig.defaults) | set(EXTRA_SETTINGS))
         raise GenerationError(
             f"generate() got unknown arguments: {', '.join(unknown)}. "
-            f"Generation settings are: {', '.join(known)} (plus attention_mask, streamer, tokenizer)."
+            f"Generation settings are: {', '.join(known)} (plus attention_mask, streamer, tokenizer, "
+            "logits_processor, stopping_criteria)."
         )
     for key, value in kwargs.items():
         if key not in IGNORED_INPUTS:
@@ -65,6 +66,10 @@ class Plan:
     stop: StopStrings | None
     static_cache: bool
     compile: bool
+    num_beams: int = 1
+    min_tokens_to_keep: int = 1  # warpers keep this many tokens (beam sampling: one more than eos ids)
+    processors: list = field(default_factory=list)  # (ids, scores) -> scores, see processors.processors_for
+    criteria: list | None = None  # the user's stopping criteria: (ids, scores) -> (B,) bool
 
 
 def as_batch(input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -103,9 +108,13 @@ def make_plan(model, input_ids, attention_mask, config: GenerationConfig, tokeni
     input_ids, attention_mask = as_batch(input_ids, attention_mask)
     device = model.device
     input_ids = input_ids.to(device)
-    if getattr(config, "num_beams", 1) not in (None, 1):
+    beams = config.num_beams or 1
+    if not isinstance(beams, int) or beams < 1:
+        raise GenerationError(f"num_beams must be an int >= 1, got {config.num_beams!r}.")
+    if (config.num_beam_groups or 1) > 1 or (config.diversity_penalty or 0.0) != 0.0:
         raise GenerationError(
-            f"num_beams={config.num_beams}: beam search is not supported. Use num_beams=1 (greedy or sampling)."
+            "num_beam_groups / diversity_penalty (group beam search) moved out of transformers 5 to the Hub "
+            "and is not supported; use num_beams alone."
         )
     check_sampling_settings(config)
     if config.repetition_penalty is not None and config.repetition_penalty <= 0:
@@ -122,16 +131,21 @@ def make_plan(model, input_ids, attention_mask, config: GenerationConfig, tokeni
             )
         max_new = config.max_new_tokens
     else:
-        if config.max_length is None or config.max_length <= 0:
-            raise GenerationError(f"max_length must be a positive int, got {config.max_length!r}.")
-        # as transformers: max_length counts the prompt; a prompt already that long still gets one token
-        max_new = max(config.max_length - prompt_len, 1)
-        if config.max_length <= prompt_len:
-            logger.warning(
-                "The prompt has %d tokens and max_length is %d: generating one token. Set max_new_tokens.",
-                prompt_len,
-                config.max_length,
+        max_length = config.max_length
+        if not isinstance(max_length, int) or max_length <= 0:
+            raise GenerationError(f"max_length must be a positive int, got {max_length!r}.")
+        if getattr(config, "_default_max_length", False):
+            # as transformers 5: by default 20 new tokens, within the model's context
+            max_length = max_length + prompt_len
+            context = getattr(model.config, "max_position_embeddings", None)
+            if context is not None and prompt_len < context:  # a longer prompt: see truncation below
+                max_length = min(max_length, context)
+        if prompt_len >= max_length:
+            raise GenerationError(
+                f"The prompt has {prompt_len} tokens but max_length is {max_length} (prompt included): "
+                "nothing to generate. Set max_new_tokens instead."
             )
+        max_new = max_length - prompt_len
     for name in ("min_new_tokens", "min_length"):
         value = getattr(config, name)
         if value is not None and (not isinstance(value, int) or value < 0):
@@ -168,10 +182,21 @@ def make_plan(model, input_ids, attention_mask, config: GenerationConfig, tokeni
     n = config.num_return_sequences or 1
     if n < 1:
         raise GenerationError(f"num_return_sequences must be >= 1, got {n}.")
-    if n > 1 and not config.do_sample:
+    if beams > 1 and n > beams:
+        raise GenerationError(
+            f"num_return_sequences={n} is more than num_beams={beams}: beam search returns at most its "
+            "beams. Raise num_beams or lower num_return_sequences."
+        )
+    if n > 1 and beams == 1 and not config.do_sample:
         raise GenerationError(
             f"num_return_sequences={n} with greedy decoding would return {n} identical rows. "
-            "Pass do_sample=True for different samples."
+            "Pass do_sample=True for different samples, or num_beams >= num_return_sequences."
+        )
+    if beams > 1:
+        n = beams  # every prompt's row is repeated once per beam
+    if config.early_stopping not in (True, False, "never"):
+        raise GenerationError(
+            f"early_stopping must be True, False or 'never', got {config.early_stopping!r}."
         )
     if attention_mask is not None:
         attention_mask = attention_mask.to(device)
@@ -201,4 +226,6 @@ def make_plan(model, input_ids, attention_mask, config: GenerationConfig, tokeni
         stop=stop,
         static_cache=static,
         compile=compile_,
+        num_beams=beams,
+        min_tokens_to_keep=len(eos) + 1 if beams > 1 else 1,
     )

@@ -55,3 +55,46 @@ def _ends_after(text: str, s: str, before: int) -> bool:
     """True when some occurrence of s in text ends after index `before`."""
     i = text.find(s, max(0, before - len(s) + 1))
     return i != -1 and i + len(s) > before
+
+
+class StoppingCriteria:
+    """Base class of a user's criterion (transformers' name): `__call__(input_ids, scores)` returns a bool
+    tensor (B,), True for rows that are done."""
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None, **kwargs
+    ) -> torch.BoolTensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement __call__(input_ids, scores).")
+
+
+class StoppingCriteriaList(list):
+    """Criteria combined: a row is done when any of them says so."""
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None, **kwargs
+    ) -> torch.BoolTensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for criterion in self:
+            done = done | criterion(input_ids, scores, **kwargs)
+        return done
+
+    @property
+    def max_length(self) -> int | None:
+        for criterion in self:
+            if isinstance(criterion, MaxLengthCriteria):
+                return criterion.max_length
+        return None
+
+
+class MaxLengthCriteria(StoppingCriteria):
+    """Done once a row has `max_length` tokens (prompt included)."""
+
+    def __init__(self, max_length: int, max_position_embeddings: int | None = None):
+        self.max_length = max_length
+        self.max_position_embeddings = max_position_embeddings
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None, **kwargs
+    ) -> torch.BoolTensor:
+        done = input_ids.shape[1] >= self.max_length
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
