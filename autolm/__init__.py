@@ -28,6 +28,16 @@ _EXPORTS = {
     "DynamicCache": "models.cache",
     "StaticCache": "models.cache",
     "set_seed": "utils",
+    **dict.fromkeys(
+        (
+            "LogitsProcessor",
+            "LogitsProcessorList",
+            "StoppingCriteria",
+            "StoppingCriteriaList",
+            "MaxLengthCriteria",
+        ),
+        "generation",
+    ),
 }
 
 

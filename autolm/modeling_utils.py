@@ -334,6 +334,12 @@ class PreTrainedModel(nn.Module):
 
         return generate(self, *args, **kwargs)
 
+    def compute_transition_scores(self, sequences, scores, beam_indices=None, normalize_logits: bool = False):
+        """Per-token scores of generated sequences, as transformers' (see `autolm.generation.transitions`)."""
+        from .generation import compute_transition_scores
+
+        return compute_transition_scores(self, sequences, scores, beam_indices, normalize_logits)
+
     def prepare_for_decoding(self, compiled: bool = False) -> None:
         """Lay the weights out for fast CPU decoding now (generate does it after its first token): same
         Parameters, same values; see `autolm.generation.layout`."""
