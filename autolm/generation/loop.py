@@ -257,7 +257,7 @@ def run(
             prepare_for_decoding(model, compiled=plan.compile)
             # autolm's native step when it covers this model (on CPU it beats torch.compile's code too)
             decoder.native = native_decoder(model)
-            waiting = step == 0 and decoder.native is None and kernels.building()
+            waiting = step == 0 and decoder.native is None and kernels.pending()
         with torch.inference_mode():
             decoder.advance(token, step)
 

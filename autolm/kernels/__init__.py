@@ -130,18 +130,22 @@ def build(directory: Path | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     logger.info("building autolm's native CPU kernels into %s (once per version)", target)
     partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        done = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", str(partial), "-lm"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"{compiler} failed to build {SOURCE.name}:\n{done.stderr.strip()}")
-        os.replace(partial, target)  # atomic: a concurrent process sees no file or a whole one
-    finally:
-        partial.unlink(missing_ok=True)
+    # The compile and the rename run in their own session, so a build started in the background
+    # finishes (and lands, atomically: a concurrent process sees no file or a whole one) even when this
+    # process exits first; the next process then finds it.
+    script = 'trap \'rm -f "$1"\' EXIT; "$0" $FLAGS "$SRC" -o "$1" -lm && mv -f "$1" "$2"'
+    command = ["sh", "-c", script]
+    env = {**os.environ, "FLAGS": " ".join(FLAGS), "SRC": str(SOURCE)}
+    done = subprocess.run(
+        [*command, compiler, str(partial), str(target)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        start_new_session=True,
+    )
+    if done.returncode != 0 or not target.exists():
+        raise RuntimeError(f"{compiler} failed to build {SOURCE.name}:\n{done.stderr.strip()}")
     return target
 
 
@@ -214,6 +218,12 @@ def build_in_background() -> None:
 def building() -> bool:
     """True while a background build runs."""
     return _background is not None and _background.is_alive()
+
+
+def pending() -> bool:
+    """True when a background build was started and its library is not loaded yet (it may be running,
+    or done and waiting for `ensure_loaded(compile=False)`)."""
+    return _background is not None and _lib is None and not _tried
 
 
 def loaded() -> bool:
