@@ -129,15 +129,9 @@ def make_seeds(root: Path) -> Path:
     from test_gguf import tiny_model, write_like_llama_cpp
 
     root.mkdir(parents=True, exist_ok=True)
-    config = transformers.LlamaConfig(
-        vocab_size=96,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
+    from conftest import TINY
+
+    config = transformers.LlamaConfig(**TINY)
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).eval()
     model.save_pretrained(root / "safetensors")
