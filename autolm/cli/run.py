@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import _size  # one formatter for the CLI's file sizes
+
 logger = logging.getLogger("autolm")
 
 CHAT_HELP = "Commands: /reset clears the conversation, /exit (or Ctrl-D) quits, Ctrl-C stops a reply."
@@ -236,14 +238,6 @@ def run_chat(args: argparse.Namespace) -> int:
 
 
 # --- inspect -------------------------------------------------------------------------------------
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
 
 
 def _count(n: int) -> str:
