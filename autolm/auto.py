@@ -236,3 +236,23 @@ class AutoModelForCausalLM(_AutoModel):
 
 class AutoModelForSequenceClassification(_AutoModel):
     task = "sequence_classification"
+
+
+class AutoModelForTokenClassification(_AutoModel):
+    task = "token_classification"
+
+
+class AutoModelForQuestionAnswering(_AutoModel):
+    task = "question_answering"
+
+
+class AutoModelForMaskedLM(_AutoModel):
+    task = "masked_lm"
+
+
+class AutoModelForSeq2SeqLM(_AutoModel):
+    task = "seq2seq_lm"
+
+
+class AutoModelForTextEncoding(_AutoModel):
+    task = "text_encoding"

@@ -1,8 +1,10 @@
 """The registry: plain data from `model_type` to the family module, its config class and the classes of
 the tasks it really has, imported lazily.
 
-Tasks: "base" (AutoModel), "causal_lm" (AutoModelForCausalLM), "sequence_classification"
-(AutoModelForSequenceClassification). Adding a family is one file in this folder plus one entry here;
+Tasks, one per Auto class: "base" (AutoModel), "causal_lm" (AutoModelForCausalLM),
+"sequence_classification", "token_classification", "question_answering", "masked_lm", "seq2seq_lm"
+(AutoModelForSeq2SeqLM) and "text_encoding" (AutoModelForTextEncoding). An entry lists only the tasks
+its family really has. Adding a family is one file in this folder plus one entry here;
 nothing outside `models/` names a family (GGUF's name tables are plain data keyed by architecture).
 """
 
@@ -12,7 +14,16 @@ import importlib
 
 from ..errors import UnsupportedModelError
 
-TASKS = ("base", "causal_lm", "sequence_classification")
+TASKS = (
+    "base",
+    "causal_lm",
+    "sequence_classification",
+    "token_classification",
+    "question_answering",
+    "masked_lm",
+    "seq2seq_lm",
+    "text_encoding",
+)
 
 MODELS: dict[str, dict] = {
     "llama": {
