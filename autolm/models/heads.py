@@ -1,8 +1,9 @@
-"""Task heads shared by the decoder families: causal LM and sequence classification on any base model.
+"""Task heads shared by the families: causal LM, sequence classification (last token) and token
+classification on any base model.
 
-A family's head class is `class XForCausalLM(CausalLMHead, XPreTrainedModel)`: the head builds
-`self.model = self.base_model_class(config)` and its own output layer, and reads the base model's
-`last_hidden_state`, so a head is written once for every family.
+A family's head class is `class XForCausalLM(CausalLMHead, XPreTrainedModel)`: the head builds the base
+model under the family's `base_model_prefix` (`self.model`, `self.transformer`, `self.bert`, ...) and
+its own output layer, and reads the base model's `last_hidden_state`, so a head is written once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from ..modeling_utils import ModelOutput
 from .layers import Linear
 
 
+def _build_base(head, config) -> None:
+    setattr(head, head.base_model_prefix, head.base_model_class(config))
+
+
 class CausalLMHead:
     """Next-token logits from the base model's last hidden state (`lm_head`, tied to the embeddings when
     config.tie_word_embeddings)."""
@@ -24,14 +29,14 @@ class CausalLMHead:
 
     def __init__(self, config):
         super().__init__(config)
-        self.model = self.base_model_class(config)
+        _build_base(self, config)
         self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
     def make_cache(self, batch_size: int, max_cache_len: int | None = None, dtype=None, device=None):
-        return self.model.make_cache(batch_size, max_cache_len, dtype=dtype, device=device)
+        return self.base_model.make_cache(batch_size, max_cache_len, dtype=dtype, device=device)
 
     def forward(
         self,
@@ -48,7 +53,7 @@ class CausalLMHead:
         logits_to_keep: int = 0,
         **kwargs,
     ) -> ModelOutput | tuple:
-        out = self.model(
+        out = self.base_model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -75,7 +80,7 @@ class SequenceClassificationHead:
     def __init__(self, config):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.model = self.base_model_class(config)
+        _build_base(self, config)
         self.score = Linear(config.hidden_size, config.num_labels, bias=False)
 
     def forward(
@@ -92,7 +97,7 @@ class SequenceClassificationHead:
         return_dict: bool | None = None,
         **kwargs,
     ) -> ModelOutput | tuple:
-        out = self.model(
+        out = self.base_model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -140,6 +145,48 @@ class SequenceClassificationHead:
         if problem == "single_label_classification":
             return F.cross_entropy(logits.float().view(-1, self.num_labels), labels.view(-1))
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+class TokenClassificationHead:
+    """One score per label for every token (`classifier`, with bias, after dropout), as transformers'
+    ForTokenClassification classes; cross-entropy over the labels that are not -100."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        _build_base(self, config)
+        p = getattr(config, "classifier_dropout", None)
+        if p is None:
+            p = getattr(config, "hidden_dropout_prob", getattr(config, "hidden_dropout", 0.0)) or 0.0
+        self.dropout = nn.Dropout(p)
+        self.classifier = Linear(config.hidden_size, config.num_labels)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ModelOutput | tuple:
+        kwargs.pop("use_cache", None)
+        out = self.base_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.classifier(self.dropout(out.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits.float().view(-1, self.num_labels), labels.to(logits.device).view(-1)
+            )
+        return _output(self.config, return_dict, loss, logits, out)
 
 
 def _output(config, return_dict: bool | None, loss, logits, base: ModelOutput) -> ModelOutput | tuple:
