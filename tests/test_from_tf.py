@@ -187,3 +187,35 @@ def test_truncated_or_foreign_h5(tf_llama):
         f.create_dataset("x", data=np.zeros(3))
     with pytest.raises(CheckpointError, match="no 'layer_names' attribute"):
         autolm.AutoModelForCausalLM.from_pretrained(folder, from_tf=True)
+
+
+# --- from the hub -------------------------------------------------------------------------------
+
+
+def test_from_tf_fetches_only_the_tf_files_from_the_hub(tmp_path, monkeypatch):
+    from hubserver import make_repo, serve_repos
+
+    reference = make_reference("llama")
+    saved = save_reference(reference, tmp_path / "saved")
+    write_keras_h5(reference.state_dict(), saved / "tf_model.h5", "tf_llama_for_causal_lm")
+    llama = {p.name: p.read_bytes() for p in saved.iterdir()}
+    gpt2 = {p.name: p.read_bytes() for p in (DATA / "gpt2_sharded").iterdir()}
+    gpt2["model.safetensors"] = b"\0" * 2048  # must never be fetched with from_tf
+    repos = {
+        "org/llama": make_repo(tmp_path / "llama", llama),
+        "org/gpt2": make_repo(tmp_path / "gpt2", gpt2),
+    }
+    with serve_repos(repos, tmp_path) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        model = autolm.AutoModelForCausalLM.from_pretrained("org/llama", from_tf=True)
+        shards = checkpoint_files(autolm.hub.open_repo("org/gpt2"), from_tf=True)
+    fetched = {p.name for p in (tmp_path / "cache").rglob("*") if p.is_file() and "snapshots" in p.parts}
+    assert "tf_model.h5" in fetched and "model.safetensors" not in fetched
+    assert [p.name for p in shards] == [f"tf_model-0000{i}-of-00004.h5" for i in range(1, 5)]
+    state = load_checkpoint(shards)
+    assert state.keys() == tf_state("gpt2").keys()
+    ids = input_ids()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits, atol=1e-5, rtol=0)
