@@ -92,9 +92,11 @@ def test_sharded_tf_checkpoint_is_the_same_model():
 # --- from_pretrained(from_tf=True) --------------------------------------------------------------
 
 
-def write_keras_h5(state: dict[str, torch.Tensor], path: Path, scope: str) -> None:
+def write_keras_h5(state: dict[str, torch.Tensor], path: Path, scope: str, chunks: int = 1) -> None:
     """A PyTorch state dict as Keras' save_weights lays it out (what TF classes of a family would write):
-    a group per top-level layer, `_._` list indices, Dense kernels (in, out), Embedding `embeddings`."""
+    a group per top-level layer, `_._` list indices, Dense kernels (in, out), Embedding `embeddings`.
+    `chunks` > 1 splits each name list into `weight_names0`, `weight_names1`, ..., as Keras does with
+    lists over HDF5's 64 KiB attribute limit (big models)."""
     layers: dict[str, list[tuple[str, np.ndarray]]] = {}
     for name, tensor in state.items():
         parts = name.split(".")
@@ -114,23 +116,32 @@ def write_keras_h5(state: dict[str, torch.Tensor], path: Path, scope: str) -> No
         f.attrs["layer_names"] = [n.encode() for n in layers]
         for layer, weights in layers.items():
             group = f.create_group(layer)
-            group.attrs["weight_names"] = [w.encode() for w, _ in weights]
+            names = [w.encode() for w, _ in weights]
+            if chunks == 1:
+                group.attrs["weight_names"] = names
+            for i in range(chunks if chunks > 1 else 0):
+                group.attrs[f"weight_names{i}"] = names[i::chunks]
             for w, array in weights:
                 group.create_dataset(w, data=array)
 
 
-@pytest.fixture
-def tf_llama(tmp_path):
+def make_tf_llama(folder: Path, chunks: int = 1):
     """A Llama folder whose only weights are a Keras-layout tf_model.h5, and the reference model."""
     reference = make_reference("llama")
-    folder = save_reference(reference, tmp_path / "llama")
+    save_reference(reference, folder)
     (folder / "model.safetensors").unlink()
-    write_keras_h5(reference.state_dict(), folder / "tf_model.h5", "tf_llama_for_causal_lm")
+    write_keras_h5(reference.state_dict(), folder / "tf_model.h5", "tf_llama_for_causal_lm", chunks)
     return folder, reference
 
 
-def test_from_tf_loads_the_model(tf_llama):
-    folder, reference = tf_llama
+@pytest.fixture
+def tf_llama(tmp_path):
+    return make_tf_llama(tmp_path / "llama")
+
+
+@pytest.mark.parametrize("chunks", [1, 3], ids=["names", "chunked_names"])
+def test_from_tf_loads_the_model(tmp_path, chunks):
+    folder, reference = make_tf_llama(tmp_path / "llama", chunks)
     model, info = autolm.AutoModelForCausalLM.from_pretrained(folder, from_tf=True, output_loading_info=True)
     assert info["missing_keys"] == [] and info["unexpected_keys"] == []
     ids = input_ids()
