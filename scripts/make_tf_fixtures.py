@@ -4,11 +4,14 @@ transformers 5 has no TensorFlow classes, so these are made once with the last T
 in the repo. Run (outside the project venv, which never needs TensorFlow):
 
     python3 -m venv /work/venv-tf
-    /work/venv-tf/bin/pip install transformers==4.46.3 "tensorflow-cpu==2.17.*" "tf-keras==2.17.*" h5py numpy
+    /work/venv-tf/bin/pip install transformers==4.46.3 "tensorflow-cpu==2.17.*" "tf-keras==2.17.*" h5py numpy \
+        torch==2.13.0
     TF_USE_LEGACY_KERAS=1 /work/venv-tf/bin/python scripts/make_tf_fixtures.py
 
 Each folder gets config.json + tf_model.h5 from the TF model's `save_pretrained`, and expected.json: the
 inputs (a padded batch with its attention mask; decoder ids for T5) and the TF model's logits on them.
+Each single-file checkpoint is also read back by transformers 4.46's own PyTorch `from_tf=True` (it
+reads no sharded TF checkpoint), which must give the same logits: the files are what it expects.
 Every weight is shifted by seeded noise after the build, so biases and norm weights are not their 0/1
 initial values and a mapping that swaps or drops them shows in the logits.
 """
@@ -88,7 +91,8 @@ FIXTURES = {
     "t5_gated": (
         "TFT5ForConditionalGeneration",
         "T5Config",
-        {**T5, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False},
+        # (initializer_factor: its own lm_head starts at std 1, logits of ~20 whose float32 noise nears 1e-5)
+        {**T5, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False, "initializer_factor": 0.2},
         ("input_ids", "attention_mask", "decoder_input_ids"),
     ),
 }
@@ -128,8 +132,28 @@ def make(name: str, seed: int) -> None:
         shutil.rmtree(folder, ignore_errors=True)
         model.save_pretrained(folder, max_shard_size=shard_size)
         (folder / "generation_config.json").unlink(missing_ok=True)
-        (folder / "expected.json").write_text(json.dumps(expected) + "\n")
+        checked = {}
+        if folder.name == name:
+            checked["pytorch_from_tf_max_abs_diff"] = check_pytorch_from_tf(folder, class_name, expected)
+        (folder / "expected.json").write_text(json.dumps(expected | checked) + "\n")
         print(f"{folder}: {sum(f.stat().st_size for f in folder.iterdir())} bytes", file=sys.stderr)
+
+
+def check_pytorch_from_tf(folder: Path, tf_class: str, expected: dict) -> float:
+    """transformers 4.46's PyTorch class loaded from the folder with from_tf=True: its logits' max
+    difference to the TF model's (raises when over 1e-5 or when a TF weight went unused)."""
+    import torch
+
+    cls = getattr(transformers, tf_class.removeprefix("TF"))
+    model, info = cls.from_pretrained(folder, from_tf=True, output_loading_info=True)
+    if info["unexpected_keys"]:
+        raise RuntimeError(f"{folder}: TF weights PyTorch did not use: {info['unexpected_keys']}")
+    with torch.no_grad():
+        out = model.eval()(**{k: torch.tensor(v) for k, v in expected["inputs"].items()}).logits
+    diff = (out - torch.tensor(expected["logits"])).abs().max().item()
+    if diff > 1e-5:
+        raise RuntimeError(f"{folder}: PyTorch from_tf=True logits differ from TF's by {diff}")
+    return diff
 
 
 if __name__ == "__main__":
