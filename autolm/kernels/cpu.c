@@ -221,9 +221,9 @@ typedef struct {
     int64_t hidden, heads, kv_heads, head_dim, inter, rotary_dim;
 } decoder_shape;
 
-typedef struct { /* y = x W^T + b; w NULL: absent (no gate: a plain MLP) */
+typedef struct { /* y = x W^T + b; w NULL: absent (no gate: a plain MLP); transposed: y = x W + b, W (in, out) */
     const void *w, *b;
-    int64_t wtype, btype, row_bytes;
+    int64_t wtype, btype, row_bytes, transposed;
 } proj;
 
 enum { NORM_NONE = 0, NORM_RMS = 1, NORM_RMS_FLOAT = 2, NORM_LAYER = 3 };
@@ -317,6 +317,49 @@ INLINE float proj_row(const proj *p, int64_t n, const float *x, const float *xp,
     return p->b ? v + load1(p->b, n, (int)p->btype) : v;
 }
 
+/* acc[0, w) += x . columns [n0, n0 + w) of a transposed weight (K rows of row_bytes), walking down the rows
+ * so each weight row segment is read once, contiguously (GPT-2's Conv1D layout). */
+INLINE void column_block(const proj *p, const float *x, int64_t K, int64_t n0, int64_t w, float *acc, int t) {
+    const int64_t size = t == F32 ? 4 : 2;
+    const char *base = (const char *)p->w + n0 * size;
+    if (w == 64) {
+        __m256 a[8];
+        for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
+        for (int64_t k = 0; k < K; k++) {
+            const __m256 xv = _mm256_set1_ps(x[k]);
+            const char *row = base + k * p->row_bytes;
+            for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(load8(row, 8 * j, t), xv, a[j]);
+        }
+        for (int j = 0; j < 8; j++) _mm256_storeu_ps(acc + 8 * j, a[j]);
+        return;
+    }
+    for (int64_t k = 0; k < K; k++) {
+        const char *row = base + k * p->row_bytes;
+        for (int64_t j = 0; j < w; j++) acc[j] += x[k] * load1(row, j, t);
+    }
+}
+
+/* out[m * ldo + n] = rnd(x_m W[:, n] + b[n]) for n < N and the B rows of x, a transposed projection;
+ * the threads split the columns in blocks of 64. Called inside the parallel region. */
+INLINE void column_products(const proj *p, const float *x, int64_t B, int64_t K, int64_t N, float *out,
+                            int64_t ldo, int t) {
+    const int64_t blocks = (N + 63) / 64;
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < blocks; blk++) {
+        const int64_t n0 = blk * 64, w = N - n0 < 64 ? N - n0 : 64;
+        for (int64_t m = 0; m < B; m++) {
+            float acc[64] = {0};
+            switch (p->wtype) {
+            case F32: column_block(p, x + m * K, K, n0, w, acc, F32); break;
+            case BF16: column_block(p, x + m * K, K, n0, w, acc, BF16); break;
+            default: column_block(p, x + m * K, K, n0, w, acc, F16); break;
+            }
+            for (int64_t j = 0; j < w; j++)
+                out[m * ldo + n0 + j] = rnd(p->b ? acc[j] + load1(p->b, n0 + j, (int)p->btype) : acc[j], t);
+        }
+    }
+}
+
 /* norm of B rows of xs into h, then the deinterleaved copy (one thread: called inside `omp single`) */
 INLINE void norm_rows(const float *xs, const normd *n, float *h, float *hp, int64_t B, int64_t E, int t) {
     for (int64_t m = 0; m < B; m++) norm_row(xs + m * E, n, h + m * E, E, t);
@@ -327,16 +370,26 @@ INLINE void norm_rows(const float *xs, const normd *n, float *h, float *hp, int6
  * xs += norm(rnd(in W^T + b)) (the products go to `tmp` first). Called inside the parallel region. */
 INLINE void residual_product(float *xs, float *tmp, const float *in, const float *inp, const proj *p,
                              const normd *out_norm, int64_t B, int64_t E, int64_t K, int t) {
-    if (out_norm->kind == NORM_NONE) {
+    if (p->transposed) {
+        column_products(p, in, B, K, E, tmp, E, t);
+        if (out_norm->kind == NORM_NONE) {
+#pragma omp for schedule(static)
+            for (int64_t n = 0; n < E; n++)
+                for (int64_t m = 0; m < B; m++) xs[m * E + n] = rnd(xs[m * E + n] + tmp[m * E + n], t);
+            return;
+        }
+    } else if (out_norm->kind == NORM_NONE) {
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < E; n++)
             for (int64_t m = 0; m < B; m++)
                 xs[m * E + n] = rnd(xs[m * E + n] + rnd(proj_row(p, n, in + m * K, inp + m * K, K), t), t);
         return;
     }
+    if (!p->transposed) {
 #pragma omp for schedule(static)
-    for (int64_t n = 0; n < E; n++)
-        for (int64_t m = 0; m < B; m++) tmp[m * E + n] = rnd(proj_row(p, n, in + m * K, inp + m * K, K), t);
+        for (int64_t n = 0; n < E; n++)
+            for (int64_t m = 0; m < B; m++) tmp[m * E + n] = rnd(proj_row(p, n, in + m * K, inp + m * K, K), t);
+    }
 #pragma omp single
     for (int64_t m = 0; m < B; m++) {
         norm_row(tmp + m * E, out_norm, tmp + m * E, E, t);
@@ -351,9 +404,9 @@ INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, in
     const int64_t R = sh->rotary_dim, NQ = H * D, NK = KVH * D, NQKV = NQ + 2 * NK, rep = H / KVH;
     const int64_t size = t == F32 ? 4 : 2;
     const int64_t widest = E > I ? (E > NQ ? E : NQ) : (I > NQ ? I : NQ);
-    float *xs = malloc(sizeof(float) * B * (3 * E + widest + NQKV + NQ + I + H * S));
+    float *xs = malloc(sizeof(float) * B * (3 * E + widest + NQKV + NQ + 2 * I + H * S));
     float *h = xs + B * E, *tmp = h + B * E, *hp = tmp + B * E, *qkv = hp + B * widest, *att = qkv + B * NQKV;
-    float *act = att + B * NQ, *scores = act + B * I;
+    float *act = att + B * NQ, *gates = act + B * I, *scores = gates + B * I;
     for (int64_t i = 0; i < B * E; i++) xs[i] = load1(x, i, t);
 
 #pragma omp parallel num_threads(nthreads)
@@ -361,11 +414,18 @@ INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, in
         const decoder_layer *ly = layers + l;
 #pragma omp single
         norm_rows(xs, &ly->attn_norm, h, hp, B, E, t);
+        if (ly->q.transposed) {
+            column_products(&ly->q, h, B, E, NQ, qkv, NQKV, t);
+            column_products(&ly->k, h, B, E, NK, qkv + NQ, NQKV, t);
+            column_products(&ly->v, h, B, E, NK, qkv + NQ + NK, NQKV, t);
+        } else {
 #pragma omp for schedule(static)
-        for (int64_t n = 0; n < NQKV; n++) {
-            const proj *p = n < NQ ? &ly->q : n < NQ + NK ? &ly->k : &ly->v;
-            const int64_t row = n < NQ ? n : n < NQ + NK ? n - NQ : n - NQ - NK;
-            for (int64_t m = 0; m < B; m++) qkv[m * NQKV + n] = rnd(proj_row(p, row, h + m * E, hp + m * E, E), t);
+            for (int64_t n = 0; n < NQKV; n++) {
+                const proj *p = n < NQ ? &ly->q : n < NQ + NK ? &ly->k : &ly->v;
+                const int64_t row = n < NQ ? n : n < NQ + NK ? n - NQ : n - NQ - NK;
+                for (int64_t m = 0; m < B; m++)
+                    qkv[m * NQKV + n] = rnd(proj_row(p, row, h + m * E, hp + m * E, E), t);
+            }
         }
 #pragma omp single
         for (int64_t m = 0; m < B; m++) {
@@ -416,6 +476,14 @@ INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, in
         residual_product(xs, tmp, att, hp, &ly->o, &ly->attn_out_norm, B, E, NQ, t);
 #pragma omp single
         norm_rows(xs, &ly->mlp_norm, h, hp, B, E, t);
+        if (ly->up.transposed) {
+            column_products(&ly->up, h, B, E, I, act, I, t);
+            if (ly->gate.w) column_products(&ly->gate, h, B, E, I, gates, I, t);
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < B * I; i++)
+                act[i] = ly->gate.w ? rnd(rnd(activate(gates[i], ly->act), t) * act[i], t)
+                                    : rnd(activate(act[i], ly->act), t);
+        } else {
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < I; i++)
             for (int64_t m = 0; m < B; m++) {
@@ -427,6 +495,7 @@ INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, in
                     act[m * I + i] = rnd(activate(u, ly->act), t);
                 }
             }
+        }
 #pragma omp single
         prepare(act, hp, B, I);
         residual_product(xs, tmp, act, hp, &ly->down, &ly->mlp_out_norm, B, E, I, t);

@@ -50,10 +50,12 @@ class Norm:
 
 @dataclass
 class Projection:
-    """y = x W^T + b, W (out, in) with contiguous rows."""
+    """y = x W^T + b, W (out, in) with contiguous rows; `transposed`: y = x W + b, W (in, out) with
+    contiguous rows (GPT-2's Conv1D; a column slice of a wider matrix is fine)."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None = None
+    transposed: bool = False
 
 
 @dataclass
@@ -91,10 +93,12 @@ class Decoder:
     masks: Callable
     head: Callable[[torch.Tensor], torch.Tensor]  # (B, 1, hidden) after the last layer -> logits
     modules: list[torch.nn.Module] = field(default_factory=list)  # checked for hooks
+    # learned absolute positions: position ids (B, 1) -> (B, 1, hidden), added to the embeddings (GPT-2)
+    positions: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 class _Proj(ctypes.Structure):
-    _fields_ = [("w", _P), ("b", _P), ("wtype", _I), ("btype", _I), ("row_bytes", _I)]
+    _fields_ = [("w", _P), ("b", _P), ("wtype", _I), ("btype", _I), ("row_bytes", _I), ("transposed", _I)]
 
 
 class _Norm(ctypes.Structure):
@@ -173,6 +177,9 @@ class NativeDecoder:
             if layer.activation not in ACTIVATIONS:
                 raise _NotNative
             c = self.layers[i]
+            groups = ((layer.q, layer.k, layer.v), (layer.up, layer.gate or layer.up))
+            if any(len({p.transposed for p in group}) > 1 for group in groups):
+                raise _NotNative  # q/k/v, and gate/up, are computed side by side in one layout
             for name in _PROJS:
                 p = getattr(layer, name)
                 if p is None and name != "gate":
@@ -198,7 +205,7 @@ class NativeDecoder:
     def _proj(self, p: Projection | None, rows: int, cols: int) -> _Proj:
         if p is None:
             return _Proj()
-        w = self._tensor(p.weight, (rows, cols))
+        w = self._tensor(p.weight, (cols, rows) if p.transposed else (rows, cols))
         b = None if p.bias is None else self._tensor(p.bias, (rows,))
         return _Proj(
             w.data_ptr(),
@@ -206,6 +213,7 @@ class NativeDecoder:
             _DTYPES[w.dtype],
             0 if b is None else _DTYPES[b.dtype],
             w.stride(0) * w.element_size(),
+            int(p.transposed),
         )
 
     def _norm(self, n: Norm | None, width: int) -> _Norm:
@@ -269,9 +277,10 @@ class NativeDecoder:
             mask = flat[kind]
             layer.mask = None if mask is None else mask.data_ptr()
             layer.mb, layer.ms = mask.stride() if mask is not None else (0, 0)
-        x = (
-            desc.embed(token[:, None]).to(self.dtype).contiguous()
-        )  # (B, 1, E), updated in place by the C side
+        x = desc.embed(token[:, None])
+        if desc.positions is not None:
+            x = x + desc.positions(position_ids.reshape(B, 1))
+        x = x.to(self.dtype).contiguous()  # (B, 1, E), updated in place by the C side
         cos = sin = None
         if desc.rotary is not None:
             cos, sin = (t.reshape(B, -1).contiguous() for t in desc.rotary(x, position_ids))

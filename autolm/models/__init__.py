@@ -44,6 +44,16 @@ MODELS: dict[str, dict] = {
             "sequence_classification": "MistralForSequenceClassification",
         },
     },
+    "gpt2": {
+        "module": "gpt2",
+        "config": "GPT2Config",
+        "tasks": {
+            "base": "GPT2Model",
+            "causal_lm": "GPT2LMHeadModel",
+            "sequence_classification": "GPT2ForSequenceClassification",
+            "token_classification": "GPT2ForTokenClassification",
+        },
+    },
     "qwen2": {
         "module": "qwen2",
         "config": "Qwen2Config",

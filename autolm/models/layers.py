@@ -40,7 +40,14 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-ACT2FN = {"silu": F.silu, "swish": F.silu, "gelu": F.gelu, "relu": F.relu, "gelu_pytorch_tanh": None}
+ACT2FN = {
+    "silu": F.silu,
+    "swish": F.silu,
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "gelu_pytorch_tanh": None,
+    "gelu_new": None,
+}
 
 
 def check_activation(config, key: str = "hidden_act") -> None:
@@ -56,7 +63,7 @@ def check_activation(config, key: str = "hidden_act") -> None:
 
 
 def activation(name: str):
-    if name == "gelu_pytorch_tanh":
+    if name in ("gelu_pytorch_tanh", "gelu_new"):  # gelu_new is the same tanh approximation (GPT-2, T5)
         return lambda x: F.gelu(x, approximate="tanh")
     if name not in ACT2FN:
         raise ConfigError(f"hidden_act {name!r} is not supported; supported: {', '.join(ACT2FN)}.")
@@ -227,8 +234,9 @@ def causal_mask(
         keep = attention_mask[:, None, None, :kv_len].bool()
         if keep.shape[-1] < kv_len:  # static cache: slots past the mask are hidden by the causal rule anyway
             keep = F.pad(keep, (0, kv_len - keep.shape[-1]), value=True)
-        # A padding query sees nothing; let it see itself so softmax stays finite (its output is unused).
-        mask = (mask & keep) | (q_pos == k_pos)[None, None]
+        # A padding query sees nothing: sdpa gives it zeros and eager attention the mean of the values,
+        # as transformers' masks do (losses read the logits there when the next token is real).
+        mask = mask & keep
     return mask
 
 
