@@ -64,7 +64,8 @@ def to_torch_layout(tf_name: str, array: np.ndarray) -> torch.Tensor:
 
 
 def read_h5(path: Path) -> dict[str, torch.Tensor]:
-    """All weights of a tf_model.h5 file (or one of its shards), keyed by PyTorch names.
+    """All weights of a tf_model.h5 file (or one of its shards), keyed by PyTorch names. Weights that keep
+    their TF layout are views of a copy-on-write mapping of the file; kernels are transposed copies.
 
     Raises:
         MissingDependencyError: h5py is not installed.
@@ -99,10 +100,20 @@ def _variables(h5py, f, path: Path) -> Iterator[tuple[str, np.ndarray, bool]]:
     for layer in layer_names:
         item = _get(f, layer, path)
         if isinstance(item, h5py.Dataset):  # a shard: one dataset per variable
-            yield layer, item[()], False
+            yield layer, _array(item, path), False
             continue
         for weight in _string_list(item, "weight_names") or []:
-            yield weight, _get(item, weight, path)[()], True
+            yield weight, _array(_get(item, weight, path), path), True
+
+
+def _array(dataset, path: Path) -> np.ndarray:
+    """The dataset's array, mapped from the file (copy-on-write, nothing read yet) when it is stored as
+    Keras stores it: contiguous (so unfiltered), native numbers. Anything else is read."""
+    offset = dataset.id.get_offset()
+    plain = dataset.chunks is None and dataset.dtype.isnative and dataset.dtype.kind in "biuf"
+    if offset is None or not plain or dataset.ndim == 0 or dataset.size == 0:
+        return dataset[()]
+    return np.memmap(path, mode="c", dtype=dataset.dtype, offset=offset, shape=dataset.shape)
 
 
 def _get(group, name: str, path: Path):

@@ -92,11 +92,14 @@ def test_sharded_tf_checkpoint_is_the_same_model():
 # --- from_pretrained(from_tf=True) --------------------------------------------------------------
 
 
-def write_keras_h5(state: dict[str, torch.Tensor], path: Path, scope: str, chunks: int = 1) -> None:
+def write_keras_h5(
+    state: dict[str, torch.Tensor], path: Path, scope: str, chunks: int = 1, compression: str | None = None
+) -> None:
     """A PyTorch state dict as Keras' save_weights lays it out (what TF classes of a family would write):
     a group per top-level layer, `_._` list indices, Dense kernels (in, out), Embedding `embeddings`.
     `chunks` > 1 splits each name list into `weight_names0`, `weight_names1`, ..., as Keras does with
-    lists over HDF5's 64 KiB attribute limit (big models)."""
+    lists over HDF5's 64 KiB attribute limit (big models). `compression` stores the arrays chunked and
+    filtered (Keras never does; other writers may)."""
     layers: dict[str, list[tuple[str, np.ndarray]]] = {}
     for name, tensor in state.items():
         parts = name.split(".")
@@ -122,15 +125,17 @@ def write_keras_h5(state: dict[str, torch.Tensor], path: Path, scope: str, chunk
             for i in range(chunks if chunks > 1 else 0):
                 group.attrs[f"weight_names{i}"] = names[i::chunks]
             for w, array in weights:
-                group.create_dataset(w, data=array)
+                group.create_dataset(w, data=array, compression=compression)
 
 
-def make_tf_llama(folder: Path, chunks: int = 1):
+def make_tf_llama(folder: Path, chunks: int = 1, compression: str | None = None):
     """A Llama folder whose only weights are a Keras-layout tf_model.h5, and the reference model."""
     reference = make_reference("llama")
     save_reference(reference, folder)
     (folder / "model.safetensors").unlink()
-    write_keras_h5(reference.state_dict(), folder / "tf_model.h5", "tf_llama_for_causal_lm", chunks)
+    write_keras_h5(
+        reference.state_dict(), folder / "tf_model.h5", "tf_llama_for_causal_lm", chunks, compression
+    )
     return folder, reference
 
 
@@ -139,9 +144,11 @@ def tf_llama(tmp_path):
     return make_tf_llama(tmp_path / "llama")
 
 
-@pytest.mark.parametrize("chunks", [1, 3], ids=["names", "chunked_names"])
-def test_from_tf_loads_the_model(tmp_path, chunks):
-    folder, reference = make_tf_llama(tmp_path / "llama", chunks)
+@pytest.mark.parametrize(
+    "chunks, compression", [(1, None), (3, None), (1, "gzip")], ids=["keras", "chunked_names", "gzip"]
+)
+def test_from_tf_loads_the_model(tmp_path, chunks, compression):
+    folder, reference = make_tf_llama(tmp_path / "llama", chunks, compression)
     model, info = autolm.AutoModelForCausalLM.from_pretrained(folder, from_tf=True, output_loading_info=True)
     assert info["missing_keys"] == [] and info["unexpected_keys"] == []
     ids = input_ids()
@@ -230,3 +237,16 @@ def test_from_tf_fetches_only_the_tf_files_from_the_hub(tmp_path, monkeypatch):
     ids = input_ids()
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, reference(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_writing_a_loaded_weight_never_touches_the_file(tmp_path):
+    """Weights kept in their TF layout map the file copy-on-write: training the model in place leaves
+    the checkpoint as it was."""
+    shutil.copytree(DATA / "gpt2", tmp_path / "gpt2")
+    before = (tmp_path / "gpt2" / "tf_model.h5").read_bytes()
+    state = load_checkpoint(checkpoint_files(LocalRepo(tmp_path / "gpt2"), from_tf=True))
+    with torch.no_grad():
+        for tensor in state.values():
+            tensor.add_(1.0)
+    del state
+    assert (tmp_path / "gpt2" / "tf_model.h5").read_bytes() == before
