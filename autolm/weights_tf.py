@@ -125,6 +125,17 @@ def _get(group, name: str, path: Path):
             files=[path],
             key=name,
         )
+    # HDF5 can link to other files and keep a dataset's bytes in any file; a weights file has no reason to
+    outside = item.file.filename != group.file.filename or (
+        hasattr(item, "external") and (item.external is not None or item.is_virtual)
+    )
+    if outside:
+        raise CheckpointError(
+            f"{path} takes the weight {name!r} from another file (an HDF5 external link, external or virtual "
+            "dataset). A saved TF model never does: the file is corrupt or hostile; do not use it.",
+            files=[path],
+            key=name,
+        )
     return item
 
 

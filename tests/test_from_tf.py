@@ -250,3 +250,23 @@ def test_writing_a_loaded_weight_never_touches_the_file(tmp_path):
             tensor.add_(1.0)
     del state
     assert (tmp_path / "gpt2" / "tf_model.h5").read_bytes() == before
+
+
+@pytest.mark.parametrize("how", ["external_link", "external_storage"])
+def test_h5_that_reads_other_files_is_refused(tf_llama, tmp_path, how):
+    folder, _ = tf_llama
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"password" * 64)
+    path = folder / "tf_model.h5"
+    with h5py.File(path, "r+") as f:
+        group = f["lm_head"]
+        (name,) = list(group.attrs["weight_names"])
+        del group[name]
+        if how == "external_link":
+            with h5py.File(tmp_path / "other.h5", "w") as other:
+                other.create_dataset("w", data=np.zeros((96, 32), np.float32))
+            group[name] = h5py.ExternalLink(str(tmp_path / "other.h5"), "w")
+        else:
+            group.create_dataset(name, shape=(32, 4), dtype="<f4", external=[(str(secret), 0, 512)])
+    with pytest.raises(CheckpointError, match="from another file.*hostile"):
+        autolm.AutoModelForCausalLM.from_pretrained(folder, from_tf=True)
