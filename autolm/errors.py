@@ -67,6 +67,10 @@ class DiskFullError(AutolmError, OSError):
     """The cache ran out of space during a download."""
 
 
+class MissingDependencyError(AutolmError, ModuleNotFoundError):
+    """An optional package a load needs is not installed (e.g. h5py for TensorFlow weights)."""
+
+
 # --- content ----------------------------------------------------------------------------------
 
 

@@ -46,6 +46,7 @@ LOADER_KWARGS = (
     "ignore_mismatched_sizes",
     "strict",
     "gguf_file",
+    "from_tf",
     "attn_implementation",
     "low_cpu_mem_usage",
     "trust_remote_code",
@@ -67,6 +68,7 @@ def load_pretrained(
     ignore_mismatched_sizes: bool = False,
     strict: bool = False,
     gguf_file: str | None = None,
+    from_tf: bool = False,
     attn_implementation: str | None = None,
     low_cpu_mem_usage: bool = True,
     **kwargs,
@@ -82,6 +84,7 @@ def load_pretrained(
         output_loading_info: also return {"missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"}.
         ignore_mismatched_sizes: initialise weights whose shape differs instead of raising.
         strict: raise instead of initialising missing weights.
+        from_tf: read TensorFlow weights (tf_model.h5, needs h5py) instead of safetensors / .bin.
 
     Raises:
         ConfigError, CheckpointError, UnsupportedModelError, MissingFilesError, ValueError.
@@ -112,7 +115,7 @@ def load_pretrained(
     elif state_dict is None:
         if repo is None:
             raise AutolmValueError("Pass a model name or path, or state_dict= together with config=.")
-        state_dict = load_checkpoint(checkpoint_files(repo))
+        state_dict = load_checkpoint(checkpoint_files(repo, from_tf=from_tf))
     target_dtype = resolve_dtype(target_dtype, config, state_dict)
     device = resolve_device(device_map)
 

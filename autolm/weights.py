@@ -2,6 +2,7 @@
 
 safetensors files are memory-mapped (copy-on-write) and sliced into tensors, so loading costs no copy;
 `.bin` files go through `torch.load(weights_only=True, mmap=True)` and never unpickle arbitrary objects.
+TensorFlow's `tf_model.h5` is read (with `from_tf=True`) by `weights_tf`, into PyTorch names and layouts.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ BIN_WEIGHTS = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 # what `checkpoint_files` looks for, in its order of preference
 ENTRIES = (SAFE_WEIGHTS, SAFE_INDEX, BIN_WEIGHTS, BIN_INDEX)
+TF_WEIGHTS = "tf_model.h5"
+TF_INDEX = "tf_model.h5.index.json"
+# files named when a load finds no weights of the format it looks for
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".h5", ".msgpack", ".gguf", ".ckpt", ".pt", ".pth")
 # shard names save_state_dict writes: transformers' own, or with a suffix when those are taken
 SHARD_NAME = re.compile(r"(model|pytorch_model)-\d{5}-of-\d{5}(-[0-9a-f]{8})?\.(safetensors|bin)")
 
@@ -64,9 +69,11 @@ class StateDict(dict):
         self.files = list(files or [])
 
 
-def checkpoint_files(repo: Repo) -> list[Path]:
-    """The weight files of one format (safetensors preferred), every shard checked present before any load."""
-    for single, index in ((SAFE_WEIGHTS, SAFE_INDEX), (BIN_WEIGHTS, BIN_INDEX)):
+def checkpoint_files(repo: Repo, from_tf: bool = False) -> list[Path]:
+    """The weight files of one format (safetensors preferred; TensorFlow's with `from_tf`), every shard
+    checked present before any load."""
+    formats = ((TF_WEIGHTS, TF_INDEX),) if from_tf else ((SAFE_WEIGHTS, SAFE_INDEX), (BIN_WEIGHTS, BIN_INDEX))
+    for single, index in formats:
         if repo.exists(single):
             return [repo.get(single)]
         if repo.exists(index):
@@ -81,6 +88,19 @@ def checkpoint_files(repo: Repo) -> list[Path]:
                     missing_keys=missing,
                 )
             return repo.fetch(shards)
+    if from_tf:
+        found = [f for f in repo.list_files() if f.endswith(_WEIGHT_SUFFIXES)]
+        raise CheckpointError(
+            f"from_tf=True, but {repo.name} has no {TF_WEIGHTS} or {TF_INDEX}; its weight files: "
+            f"{', '.join(found) if found else 'none'}. Drop from_tf=True to load PyTorch weights.",
+            repo_id=repo.name,
+        )
+    if repo.exists(TF_WEIGHTS) or repo.exists(TF_INDEX):
+        raise CheckpointError(
+            f"{repo.name} has only TensorFlow weights ({TF_WEIGHTS if repo.exists(TF_WEIGHTS) else TF_INDEX}). "
+            "Pass from_tf=True to load them (reading them needs h5py: pip install 'autolm[tf]').",
+            repo_id=repo.name,
+        )
     raise CheckpointError(
         f"No weights found in {repo.name}: looked for {SAFE_WEIGHTS}, {SAFE_INDEX}, {BIN_WEIGHTS} and {BIN_INDEX}. "
         "Pass the directory of a complete checkpoint, or gguf_file= for a GGUF file.",
@@ -136,7 +156,12 @@ def load_checkpoint(paths: list[Path]) -> StateDict:
     """
     state = StateDict(files=paths)
     for path in paths:
-        state.update(map_safetensors(path) if path.suffix == ".safetensors" else load_bin(path))
+        if path.suffix == ".h5":
+            from .weights_tf import read_h5
+
+            state.update(read_h5(path))
+        else:
+            state.update(map_safetensors(path) if path.suffix == ".safetensors" else load_bin(path))
     if not state:
         names = ", ".join(str(p) for p in paths)
         raise CheckpointError(
