@@ -41,6 +41,7 @@ def save_bert(task: str, directory: Path, with_tokenizer: bool = False, seed: in
     """Save a tiny random `task` model; with MiniLM's WordPiece tokenizer (uncased, 30522 tokens) beside it."""
     if with_tokenizer:
         overrides.setdefault("vocab_size", 30522)
+        overrides.setdefault("max_position_embeddings", 512)  # the tokenizer cuts at 512
     model = make_bert(task, seed=seed, **overrides)
     model.save_pretrained(directory)
     if with_tokenizer:
