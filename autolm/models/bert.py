@@ -150,7 +150,13 @@ class BertSelfOutput(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+        if self.training and self.dropout.p > 0:
+            return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+        # the product accumulated into (residual + bias): one pass over the output fewer than
+        # dense(x) + residual, whose addmm first copies the bias into a fresh output
+        out = residual + self.dense.bias
+        out.view(-1, out.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), self.dense.weight.t())
+        return self.LayerNorm(out)
 
 
 class BertAttention(nn.Module):
