@@ -140,3 +140,87 @@ def test_token_classification_matches_transformers(ner_dir, strategy, ignore_lab
     assert sum(map(len, want)) > 0
     _same(got, want)
     _same(ours(TEXTS[1], **call), theirs(TEXTS[1], **call))
+
+
+QUESTION = "Where is Hugging Face based?"
+CONTEXT = (
+    "Hugging Face is a company based in New York City. Its headquarters are in DUMBO, therefore very close to "
+    "the Manhattan Bridge. The antidisestablishmentarian founders moved there from Paris in 2016, 我们在模型加载."
+)
+
+
+def _reference_answers(
+    directory, question, context, top_k=1, max_answer_len=15, max_seq_len=384, doc_stride=128
+):
+    """Brute force over transformers' QA model: every span of context tokens in every window, scored
+    p(start) * p(end) with the probabilities over the context tokens and [CLS]; the empty answer scored
+    by [CLS]."""
+    import transformers
+
+    model = transformers.BertForQuestionAnswering.from_pretrained(directory).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    enc = tokenizer(
+        question,
+        context,
+        truncation="only_second",
+        max_length=max_seq_len,
+        stride=doc_stride,
+        return_overflowing_tokens=True,
+    )
+    answers, null = [], float("inf")
+    for w, ids in enumerate(enc["input_ids"]):
+        with torch.no_grad():
+            out = model(
+                input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([enc["token_type_ids"][w]])
+            )
+        in_context = [i for i, s in enumerate(enc.sequence_ids(w)) if s == 1]
+        usable = [0, *in_context]
+        p_start = dict(zip(usable, out.start_logits[0, usable].softmax(-1).tolist()))
+        p_end = dict(zip(usable, out.end_logits[0, usable].softmax(-1).tolist()))
+        null = min(null, p_start[0] * p_end[0])
+        spans = sorted(
+            (
+                (p_start[s] * p_end[e], s, e)
+                for s in in_context
+                for e in in_context
+                if s <= e < s + max_answer_len
+            ),
+            reverse=True,
+        )[:top_k]
+        for score, s, e in spans:
+            lo = enc.word_to_chars(w, enc.token_to_word(w, s), sequence_index=1).start
+            hi = enc.word_to_chars(w, enc.token_to_word(w, e), sequence_index=1).end
+            answers.append({"score": score, "start": lo, "end": hi, "answer": context[lo:hi]})
+    return answers, null, len(enc["input_ids"])
+
+
+@pytest.fixture(scope="module")
+def qa_dir(tmp_path_factory):
+    return save_bert("BertForQuestionAnswering", tmp_path_factory.mktemp("qa") / "m", True)
+
+
+@pytest.mark.parametrize("top_k", [1, 3])
+@pytest.mark.parametrize("windows", [None, {"max_seq_len": 40, "doc_stride": 12}])
+@pytest.mark.parametrize("impossible", [False, True])
+def test_question_answering_matches_a_brute_force_search(qa_dir, top_k, windows, impossible):
+    windows = windows or {}
+    qa = autolm.pipeline("question-answering", model=str(qa_dir))
+    got = qa(question=QUESTION, context=CONTEXT, top_k=top_k, handle_impossible_answer=impossible, **windows)
+    answers, null, n_windows = _reference_answers(qa_dir, QUESTION, CONTEXT, top_k=top_k, **windows)
+    assert n_windows == (1 if not windows else 2)
+    if impossible:
+        answers.append({"score": null, "start": 0, "end": 0, "answer": ""})
+    want = sorted(answers, key=lambda a: a["score"], reverse=True)[:top_k]
+    _same(got, want[0] if top_k == 1 else want)
+    # the same through a dict and a list of dicts
+    inputs = {"question": QUESTION, "context": CONTEXT}
+    _same(qa(inputs, top_k=top_k, handle_impossible_answer=impossible, **windows), got)
+    _same(qa([inputs, inputs], top_k=top_k, handle_impossible_answer=impossible, **windows), [got, got])
+
+
+def test_question_answering_max_answer_len(qa_dir):
+    qa = autolm.pipeline("question-answering", model=str(qa_dir), max_answer_len=1)
+    got = qa(question=QUESTION, context=CONTEXT, top_k=5)
+    answers, _, _ = _reference_answers(qa_dir, QUESTION, CONTEXT, top_k=5, max_answer_len=1)
+    _same(got, sorted(answers, key=lambda a: a["score"], reverse=True)[:5])
+    assert all(" " not in a["answer"] for a in got)

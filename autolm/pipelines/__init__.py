@@ -23,6 +23,7 @@ TASKS: dict[str, tuple[str, str, str]] = {
     "fill-mask": ("fill_mask", "FillMaskPipeline", "masked_lm"),
     "feature-extraction": ("feature_extraction", "FeatureExtractionPipeline", "base"),
     "token-classification": ("token_classification", "TokenClassificationPipeline", "token_classification"),
+    "question-answering": ("question_answering", "QuestionAnsweringPipeline", "question_answering"),
 }
 TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
 SUPPORTED_TASKS = tuple(TASKS)
