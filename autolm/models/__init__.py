@@ -72,6 +72,18 @@ MODELS: dict[str, dict] = {
             "sequence_classification": "Qwen3ForSequenceClassification",
         },
     },
+    "bert": {
+        "module": "bert",
+        "config": "BertConfig",
+        "tasks": {
+            "base": "BertModel",
+            "sequence_classification": "BertForSequenceClassification",
+            "token_classification": "BertForTokenClassification",
+            "question_answering": "BertForQuestionAnswering",
+            "masked_lm": "BertForMaskedLM",
+            "text_encoding": "BertModel",
+        },
+    },
 }
 
 # Other spellings of a supported type (checkpoints in the wild use these).

@@ -20,8 +20,12 @@ logger = logging.getLogger("autolm")
 TASKS: dict[str, tuple[str, str, str]] = {
     "text-generation": ("text_generation", "TextGenerationPipeline", "causal_lm"),
     "text-classification": ("text_classification", "TextClassificationPipeline", "sequence_classification"),
+    "fill-mask": ("fill_mask", "FillMaskPipeline", "masked_lm"),
+    "feature-extraction": ("feature_extraction", "FeatureExtractionPipeline", "base"),
+    "token-classification": ("token_classification", "TokenClassificationPipeline", "token_classification"),
+    "question-answering": ("question_answering", "QuestionAnsweringPipeline", "question_answering"),
 }
-TASK_ALIASES = {"sentiment-analysis": "text-classification"}
+TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
 SUPPORTED_TASKS = tuple(TASKS)
 # task -> default model name; filled in where a default is chosen (None: the caller must pass model=)
 DEFAULT_MODELS: dict[str, str | None] = dict.fromkeys(TASKS)
@@ -98,7 +102,9 @@ def pipeline(
     task, task_options = _resolve_task(task)
     module, class_name, model_task = TASKS[task]
     auto_class = next(
-        c for c in vars(auto).values() if isinstance(c, type) and getattr(c, "task", None) == model_task
+        c
+        for c in vars(auto).values()
+        if isinstance(c, type) and c is not auto._AutoModel and getattr(c, "task", None) == model_task
     )
     if model is None:
         model = default_model(task)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..errors import GenerationError
+from .inputs import forward
 
 _UNSET = object()
 
@@ -60,11 +61,7 @@ class TextClassificationPipeline:
                 "The pipeline received invalid inputs; to send text pairs, send a dict "
                 '{"text": "My text", "text_pair": "My pair"}.'
             )
-        inputs = {
-            k: v.to(self.model.device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")
-        }
-        with torch.no_grad():
-            logits = self.model(**inputs, use_cache=False).logits[0].float()
+        logits = forward(self.model, encoded, use_cache=False).logits[0].float()
         config = self.model.config
         if function is None:
             problem = getattr(config, "problem_type", None)
