@@ -32,7 +32,7 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
 
-def train_spiece(vocab_size: int = 300, model_type: str = "unigram") -> bytes:
+def train_spiece(vocab_size: int = 300, model_type: str = "unigram", **options) -> bytes:
     spm = pytest.importorskip("sentencepiece")
     words = "model token weight layer the a of and to in is house German English 模型 语言 数据 café naïve".split()
     generated = [" ".join(words[(i * 7 + j) % len(words)] for j in range(12)) + f" {i}." for i in range(200)]
@@ -53,6 +53,7 @@ def train_spiece(vocab_size: int = 300, model_type: str = "unigram") -> bytes:
         hard_vocab_limit=False,
         minloglevel=2,
         num_threads=1,
+        **options,
     )
     return buf.getvalue()
 
@@ -264,6 +265,22 @@ def test_spiece_model_is_read_without_sentencepiece(dirs, monkeypatch):
     monkeypatch.setitem(sys.modules, "sentencepiece", None)  # import sentencepiece now fails
     tok = AutoTokenizer.from_pretrained(dirs["t5_spm"])
     assert tok.decode(tok.encode(EXTRA[0]), skip_special_tokens=True) == EXTRA[0]
+
+
+def test_spiece_reader_matches_sentencepiece(tmp_path):
+    spm = pytest.importorskip("sentencepiece")
+    from autolm.tokenization.converters import read_sentencepiece_model
+
+    long_piece = "▁" + "long" * 40  # a piece message over 128 bytes takes the reader's general path
+    (tmp_path / "spiece.model").write_bytes(train_spiece(user_defined_symbols=["<sep>", long_piece]))
+    ours = read_sentencepiece_model(tmp_path / "spiece.model")
+    ref = spm.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model"))
+    assert [p for p, _, _ in ours.pieces] == [ref.id_to_piece(i) for i in range(ref.get_piece_size())]
+    assert [s for _, s, _ in ours.pieces] == [ref.get_score(i) for i in range(ref.get_piece_size())]
+    assert long_piece in [p for p, _, _ in ours.pieces]
+    assert [i for i, (_, _, kind) in enumerate(ours.pieces) if kind == 3] == [0, 1]  # control: <pad>, </s>
+    assert (ours.unk_id, ours.bos_id, ours.eos_id, ours.pad_id) == (2, -1, 1, 0)
+    assert ours.precompiled_charsmap and ours.model_type == 1
 
 
 def test_missing_spiece_model_says_what_to_copy(dirs, tmp_path):

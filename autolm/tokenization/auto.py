@@ -154,7 +154,7 @@ def load_tokenizer(
         backend, extra_added = _build_backend(repo, recipe, init)
         if extra_added:
             backend.add_tokens(extra_added)
-        return cls(tokenizer_object=backend, **init)
+        return cls(tokenizer_object=backend, _owns_tokenizer_object=True, **init)
     except BaseException as e:
         # the tokenizers library raises plain Exceptions (and a PanicException on some malformed
         # vocabularies); anything else is a bug and keeps its traceback
@@ -252,7 +252,7 @@ def _load_t5(
         backend.enable_truncation(**truncation)
     init.pop("additional_special_tokens", None)
     init["extra_special_tokens"] = _t5_extra_special_tokens(repo, kwargs, controls, tokenizer_json, extra_ids)
-    tok = cls(tokenizer_object=backend, **init)
+    tok = cls(tokenizer_object=backend, _owns_tokenizer_object=True, **init)
     if tok.eos_token_id is None:
         raise TokenizerError(
             "T5 tokenizers append the eos token to every sequence, but eos_token is unset. Set eos_token "
