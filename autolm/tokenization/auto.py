@@ -1,7 +1,8 @@
 """`AutoTokenizer.from_pretrained`: a repo's tokenizer files -> `PreTrainedTokenizerFast`.
 
 Reads tokenizer_config.json, special_tokens_map.json, added_tokens.json and chat_template.jinja/.json,
-then builds the backend from tokenizer.json, or else from vocab.json + merges.txt, tokenizer.model or vocab.txt.
+then builds the backend from tokenizer.json, or else from vocab.json + merges.txt, tokenizer.model, spiece.model
+(T5) or vocab.txt.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .tokenizer import SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER
 
 logger = logging.getLogger("autolm")
 
-VOCAB_FILES = (TOKENIZER_FILE, "vocab.json + merges.txt", "tokenizer.model", "vocab.txt")
+VOCAB_FILES = (TOKENIZER_FILE, "vocab.json + merges.txt", "tokenizer.model", "spiece.model", "vocab.txt")
 
 # What transformers' tokenizer classes assume when the config is silent (class attributes and __init__ defaults)
 _LLAMA = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "padding_side": "left"}
@@ -34,17 +35,21 @@ _BERT = {
     "mask_token": "[MASK]",
     "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
 }
+_T5 = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "extra_ids": 100}
 # class name (without "Fast") -> (defaults, how to build it without tokenizer.json)
 TOKENIZER_CLASSES: dict[str, tuple[dict[str, Any], str]] = {
     "LlamaTokenizer": (_LLAMA, "sentencepiece"),
     "CodeLlamaTokenizer": (_LLAMA, "sentencepiece"),
     "GPT2Tokenizer": (_GPT2, "gpt2"),
     "Qwen2Tokenizer": (_QWEN2, "qwen2"),
+    "T5Tokenizer": (_T5, "t5"),
     "BertTokenizer": (_BERT, "wordpiece"),
     "DistilBertTokenizer": (_BERT, "wordpiece"),
     "PreTrainedTokenizerFast": ({}, "auto"),
     "TokenizersBackend": ({}, "auto"),
 }
+# config.json's model_type -> tokenizer class, for repos whose tokenizer_config.json names none (as transformers)
+MODEL_TYPE_TOKENIZERS = {"t5": "T5Tokenizer", "mt5": "T5Tokenizer"}
 
 
 class AutoTokenizer:
@@ -126,6 +131,9 @@ def load_tokenizer(
     repo = open_repo(pretrained_model_name_or_path, **hub_kwargs)
     config = read_tokenizer_config(repo)
     config["name_or_path"] = str(pretrained_model_name_or_path)
+    if not config.get("tokenizer_class"):
+        # config.json's model_type names the class (and a save then names it, as transformers does)
+        config["tokenizer_class"] = _class_from_model_type(repo) or config.get("tokenizer_class")
     class_name = str(config.get("tokenizer_class") or "PreTrainedTokenizerFast").removesuffix("Fast")
     defaults, recipe = TOKENIZER_CLASSES.get(class_name, ({}, "auto"))
     if class_name not in TOKENIZER_CLASSES:
@@ -139,12 +147,14 @@ def load_tokenizer(
     init = {**defaults, **config, **kwargs}
     files = [p for p in (repo.get_optional(TOKENIZER_CONFIG_FILE), tokenizer_json) if p is not None]
     try:
+        if recipe == "t5":
+            return _load_t5(cls, repo, tokenizer_json, init, kwargs)
         if tokenizer_json is not None:
             return cls(tokenizer_file=tokenizer_json, **init)
         backend, extra_added = _build_backend(repo, recipe, init)
         if extra_added:
             backend.add_tokens(extra_added)
-        return cls(tokenizer_object=backend, **init)
+        return cls(tokenizer_object=backend, _owns_tokenizer_object=True, **init)
     except BaseException as e:
         # the tokenizers library raises plain Exceptions (and a PanicException on some malformed
         # vocabularies); anything else is a bug and keeps its traceback
@@ -156,6 +166,138 @@ def load_tokenizer(
             "(e.g. a merge or special token missing from the vocabulary); re-download them.",
             files=files or None,
         ) from None
+
+
+def _class_from_model_type(repo: Repo) -> str | None:
+    path = repo.get_optional("config.json")
+    if path is None:
+        return None
+    config = _read_json(path)
+    return MODEL_TYPE_TOKENIZERS.get(config.get("model_type")) if isinstance(config, dict) else None
+
+
+def _load_t5(
+    cls: type[PreTrainedTokenizerFast],
+    repo: Repo,
+    tokenizer_json: Path | None,
+    init: dict[str, Any],
+    kwargs: dict[str, Any],
+) -> PreTrainedTokenizerFast:
+    """T5's Unigram tokenizer, from tokenizer.json or else spiece.model, built the way transformers builds it.
+
+    Of a tokenizer.json only the scored vocabulary, the character map and any padding/truncation are kept; the
+    pipeline is rebuilt (older files carry other pre-tokenizers, which transformers 5 replaces too).
+    """
+    from tokenizers import processors
+
+    init = {
+        k: v for k, v in init.items() if k not in ("add_bos_token", "add_eos_token")
+    }  # T5 always adds </s>
+    extra_ids = init.get("extra_ids")
+    if not isinstance(extra_ids, int) or isinstance(extra_ids, bool) or not 0 <= extra_ids < 100_000:
+        raise TokenizerError(
+            f"tokenizer_config.json: extra_ids is {extra_ids!r}; expected the number of <extra_id_N> sentinel "
+            "tokens, an integer >= 0 (T5 has 100, mT5 0).",
+            key="extra_ids",
+        )
+    controls: list[str] = []
+    padding = truncation = None
+    if tokenizer_json is not None:
+        data = _read_json(tokenizer_json, dict)
+        vocab, charsmap = converters.t5_from_tokenizer_json(data)
+        if data.get("padding") or data.get("truncation"):
+            from tokenizers import Tokenizer
+
+            # the file's own settings, parsed by the tokenizers library on an empty model
+            settings = Tokenizer.from_str(
+                json.dumps(
+                    {
+                        "version": "1.0",
+                        "padding": data.get("padding"),
+                        "truncation": data.get("truncation"),
+                        "added_tokens": [],
+                        "model": {"type": "WordLevel", "vocab": {}, "unk_token": "<unk>"},
+                    }
+                )
+            )
+            padding, truncation = settings.padding, settings.truncation
+    else:
+        path = repo.get_optional("spiece.model")
+        if path is None:
+            found = ", ".join(f for f in _safe_list(repo) if not f.startswith(".")) or "nothing"
+            raise TokenizerError(
+                f"{repo.name} has tokenizer_class T5Tokenizer but neither tokenizer.json nor spiece.model (the "
+                f"SentencePiece model T5 tokenizers are built from). Found: {found}. Copy one of the two from "
+                "the original model."
+            )
+        spm = converters.read_sentencepiece_model(path)
+        if spm.model_type != 1:
+            raise TokenizerError(
+                f"{path} is a SentencePiece BPE model; T5Tokenizer needs a Unigram one. Set tokenizer_class "
+                "in tokenizer_config.json to the tokenizer this model was trained with (e.g. LlamaTokenizer).",
+                files=[path],
+            )
+        vocab, charsmap = converters.t5_vocab(spm, extra_ids), spm.precompiled_charsmap
+        # control pieces (<pad>, </s>) lead the extra special tokens when the config lists none
+        controls = [piece for piece, _, kind in spm.pieces if kind == converters.CONTROL]
+    if len(vocab) <= converters.T5_UNK_ID:
+        raise TokenizerError(
+            f"The T5 vocabulary of {tokenizer_json or repo.name} has {len(vocab)} pieces; T5 keeps <unk> at id "
+            f"{converters.T5_UNK_ID}, so it needs at least {converters.T5_UNK_ID + 1}. Re-download the file."
+        )
+    backend = converters.t5_unigram(vocab, charsmap)
+    if padding is not None:
+        backend.enable_padding(**padding)
+    if truncation is not None:
+        backend.enable_truncation(**truncation)
+    init.pop("additional_special_tokens", None)
+    init["extra_special_tokens"] = _t5_extra_special_tokens(repo, kwargs, controls, tokenizer_json, extra_ids)
+    tok = cls(tokenizer_object=backend, _owns_tokenizer_object=True, **init)
+    if tok.eos_token_id is None:
+        raise TokenizerError(
+            "T5 tokenizers append the eos token to every sequence, but eos_token is unset. Set eos_token "
+            '(T5 uses "</s>") in tokenizer_config.json or pass eos_token=... .',
+            key="eos_token",
+        )
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=["$A", "</s>"], pair=["$A", "</s>", "$B", "</s>"], special_tokens=[("</s>", tok.eos_token_id)]
+    )
+    return tok
+
+
+def _t5_extra_special_tokens(
+    repo: Repo, kwargs: dict[str, Any], controls: list[str], tokenizer_json: Path | None, extra_ids: int
+) -> list | dict:
+    """The extra special tokens of a T5 tokenizer, chosen as transformers 5 chooses them.
+
+    A list in tokenizer_config.json (or passed by the caller) is taken as it is, even an empty one. Otherwise the
+    sentinels are appended to the spiece.model's control pieces, or to special_tokens_map.json's list when
+    loading from tokenizer.json, unless that list already holds them.
+    """
+    path = repo.get_optional(TOKENIZER_CONFIG_FILE)
+    own = {**(_read_json(path, dict) if path is not None else {}), **kwargs}
+    if "additional_special_tokens" in own and not own.get("extra_special_tokens"):
+        return own["additional_special_tokens"] or []
+    if "extra_special_tokens" in own:
+        return own["extra_special_tokens"] or []
+    base: list | None = controls if tokenizer_json is None else None
+    specials_path = repo.get_optional(SPECIAL_TOKENS_MAP_FILE)
+    if tokenizer_json is not None and specials_path is not None and "added_tokens_decoder" not in own:
+        base = _read_json(specials_path, dict).get("additional_special_tokens")
+    sentinels = converters.t5_sentinels(extra_ids)
+    if base is None:
+        return sentinels
+    listed = [t for t in base if "<extra_id_" in _content(t)]
+    if not listed:
+        return [*base, *sentinels]
+    if extra_ids > 0 and len(listed) != extra_ids:
+        raise TokenizerError(
+            f"{specials_path} lists {len(listed)} <extra_id_N> tokens but tokenizer_config.json says extra_ids "
+            f"is {extra_ids}. Make them agree: list all {extra_ids} sentinels, or set extra_ids to {len(listed)}.",
+            files=[specials_path],
+            key="extra_ids",
+        )
+    return base
 
 
 def _from_gguf(

@@ -1,12 +1,14 @@
 """Build a `tokenizers.Tokenizer` from the older vocabulary files, for repos without tokenizer.json.
 
-Three families: GPT-2-style byte-level BPE (`vocab.json` + `merges.txt`), SentencePiece (`tokenizer.model`,
-read here with a small protobuf reader so the `sentencepiece` package is not needed), and WordPiece (`vocab.txt`).
+Four families: GPT-2-style byte-level BPE (`vocab.json` + `merges.txt`), SentencePiece (`tokenizer.model`,
+read here with a small protobuf reader so the `sentencepiece` package is not needed), T5's SentencePiece Unigram
+(`spiece.model`, same reader) and WordPiece (`vocab.txt`).
 Each recipe builds the same pipeline transformers builds for that tokenizer class, so ids match.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 from dataclasses import dataclass, field
@@ -171,6 +173,8 @@ class SentencePieceModel:
     eos_id: int = 2
     pad_id: int = -1
     add_dummy_prefix: bool = True
+    remove_extra_whitespaces: bool = True
+    precompiled_charsmap: bytes = b""  # the normalization rules (NFKC and friends), compiled by the trainer
 
     def piece(self, index: int) -> str | None:
         return self.pieces[index][0] if 0 <= index < len(self.pieces) else None
@@ -217,21 +221,70 @@ def _int32(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
+_FLOAT = struct.Struct("<f")
+
+
+def _read_piece(buf: bytes) -> tuple[str, float, int]:
+    """One SentencePiece message -> (piece, score, type)."""
+    # Nearly every piece is laid out as 0x0A <len> <utf-8> 0x15 <float32> [0x18 <type>]: read that directly
+    # (a 250k-piece vocabulary loads in a fraction of the general reader's time), anything else field by field
+    n = len(buf)
+    if n > 2 and buf[0] == 0x0A and buf[1] < 0x80:
+        end = 2 + buf[1]
+        if end + 5 <= n and buf[end] == 0x15:
+            rest = end + 5
+            if rest == n:
+                return buf[2:end].decode("utf-8"), _FLOAT.unpack_from(buf, end + 1)[0], NORMAL
+            if rest + 2 == n and buf[rest] == 0x18 and buf[rest + 1] < 0x80:
+                return buf[2:end].decode("utf-8"), _FLOAT.unpack_from(buf, end + 1)[0], buf[rest + 1]
+    piece, score, kind = "", 0.0, NORMAL
+    for number, _, value in _fields(buf):
+        if number == 1:
+            piece = value.decode("utf-8")
+        elif number == 2:
+            score = _FLOAT.unpack(value)[0]
+        elif number == 3:
+            kind = value
+    return piece, score, kind
+
+
+def _leading_pieces(data: bytes) -> tuple[list[tuple[str, float, int]], int]:
+    """The pieces a ModelProto starts with (field 1 is written first), read in one tight loop.
+
+    Returns them and where the rest of the message begins; a piece message of 128 bytes or more ends the loop
+    and is left to the general reader.
+    """
+    pieces: list[tuple[str, float, int]] = []
+    append, unpack = pieces.append, _FLOAT.unpack_from
+    pos, n = 0, len(data)
+    while pos + 1 < n and data[pos] == 0x0A and data[pos + 1] < 0x80:
+        start, stop = pos + 2, pos + 2 + data[pos + 1]
+        if stop > n:
+            raise ValueError("truncated field")
+        pos = stop
+        # the usual layout, inline: 0x0A <len> <utf-8> 0x15 <float32> [0x18 <type>]
+        if data[start] == 0x0A and data[start + 1] < 0x80:
+            end = start + 2 + data[start + 1]
+            if end + 5 <= stop and data[end] == 0x15:
+                rest = end + 5
+                if rest == stop:
+                    append((data[start + 2 : end].decode("utf-8"), unpack(data, end + 1)[0], NORMAL))
+                    continue
+                if rest + 2 == stop and data[rest] == 0x18 and data[rest + 1] < 0x80:
+                    append((data[start + 2 : end].decode("utf-8"), unpack(data, end + 1)[0], data[rest + 1]))
+                    continue
+        append(_read_piece(data[start:stop]))
+    return pieces, pos
+
+
 def read_sentencepiece_model(path: Path) -> SentencePieceModel:
     try:
         data = path.read_bytes()
         spm = SentencePieceModel()
-        for number, _, value in _fields(data):
+        spm.pieces, start = _leading_pieces(data)
+        for number, _, value in _fields(data[start:]):
             if number == 1:  # repeated SentencePiece
-                piece, score, kind = "", 0.0, NORMAL
-                for n, _, v in _fields(value):
-                    if n == 1:
-                        piece = v.decode("utf-8")
-                    elif n == 2:
-                        score = struct.unpack("<f", v)[0]
-                    elif n == 3:
-                        kind = v
-                spm.pieces.append((piece, score, kind))
+                spm.pieces.append(_read_piece(value))
             elif number == 2:  # TrainerSpec
                 for n, _, v in _fields(value):
                     if n == 3:
@@ -242,8 +295,12 @@ def read_sentencepiece_model(path: Path) -> SentencePieceModel:
                         setattr(spm, {40: "unk_id", 41: "bos_id", 42: "eos_id", 43: "pad_id"}[n], _int32(v))
             elif number == 3:  # NormalizerSpec
                 for n, _, v in _fields(value):
-                    if n == 3:
+                    if n == 2:
+                        spm.precompiled_charsmap = bytes(v)
+                    elif n == 3:
                         spm.add_dummy_prefix = bool(v)
+                    elif n == 4:
+                        spm.remove_extra_whitespaces = bool(v)
     except (ValueError, UnicodeDecodeError, struct.error) as e:
         raise TokenizerError(
             f"{path} is not a readable SentencePiece model ({e}). It may be truncated or a different format "
@@ -300,3 +357,71 @@ def sentencepiece_tokenizer(
         if kind in (CONTROL, USER_DEFINED)
     ]
     return tok, added
+
+
+# --- T5 (SentencePiece Unigram) ----------------------------------------------------------------
+
+T5_UNK_ID = (
+    2  # T5's layout: <pad> 0, </s> 1, <unk> 2; transformers' T5Tokenizer fixes unk there, and so do we
+)
+
+
+def t5_sentinels(extra_ids: int) -> list[str]:
+    """`<extra_id_0>` ... `<extra_id_{n-1}>`, the span-corruption sentinels T5 appends to its vocabulary."""
+    return [f"<extra_id_{i}>" for i in range(extra_ids)]
+
+
+def t5_vocab(spm: SentencePieceModel, extra_ids: int) -> list[tuple[str, float]]:
+    """The pieces with their scores, then the sentinels at the top of the vocabulary in reverse order.
+
+    So `<extra_id_0>` is the last id (32099 in T5), as in the original T5 vocabulary.
+    """
+    return [(p, s) for p, s, _ in spm.pieces] + [(t, 0.0) for t in reversed(t5_sentinels(extra_ids))]
+
+
+def t5_unigram(vocab: list[tuple[str, float]], precompiled_charsmap: bytes | None) -> Tokenizer:
+    """T5's pipeline, as transformers' T5Tokenizer builds it: the model's own character map (NFKC-like),
+    a split on whitespace, "▁" before every word, and a Unigram lattice over the scored pieces.
+
+    The post-processor (append `</s>`) needs the eos id, so the tokenizer class adds it.
+    """
+    tok = Tokenizer(Unigram(vocab, unk_id=T5_UNK_ID, byte_fallback=False))
+    if precompiled_charsmap:
+        tok.normalizer = normalizers.Precompiled(precompiled_charsmap)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+        ]
+    )
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    return tok
+
+
+def t5_from_tokenizer_json(data: dict) -> tuple[list[tuple[str, float]], bytes | None]:
+    """The scored vocabulary and the character map of a T5 tokenizer.json (the rest is rebuilt, as transformers does).
+
+    Raises:
+        TokenizerError: the file's model is not a Unigram vocabulary.
+    """
+    model = data.get("model") if isinstance(data, dict) else None
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    if not (
+        isinstance(vocab, list)
+        and all(isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) for v in vocab)
+    ):
+        kind = model.get("type") if isinstance(model, dict) else None
+        raise TokenizerError(
+            f"tokenizer.json has a {kind or 'missing'} model, but tokenizer_class T5Tokenizer needs a Unigram "
+            "vocabulary (a list of [piece, score]). Re-download tokenizer.json, or fix tokenizer_class in "
+            "tokenizer_config.json.",
+            files=["tokenizer.json"],
+        )
+    charsmap = None
+    normalizer = data.get("normalizer")
+    steps = normalizer.get("normalizers", []) if isinstance(normalizer, dict) else []
+    for step in [normalizer, *steps]:
+        if isinstance(step, dict) and step.get("type") == "Precompiled" and step.get("precompiled_charsmap"):
+            charsmap = base64.b64decode(step["precompiled_charsmap"])
+            break
+    return [(piece, float(score)) for piece, score in vocab], charsmap

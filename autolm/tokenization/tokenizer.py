@@ -98,9 +98,10 @@ class PreTrainedTokenizerFast:
         tokenizer_file: str | os.PathLike | None = None,
         **kwargs: Any,
     ):
+        owned = kwargs.pop("_owns_tokenizer_object", False)  # built by the loader for this object alone
         if tokenizer_object is not None:
             # A copy: the caller's object must not change when we add tokens or switch padding on
-            self._tokenizer = Tokenizer.from_str(tokenizer_object.to_str())
+            self._tokenizer = tokenizer_object if owned else Tokenizer.from_str(tokenizer_object.to_str())
         elif tokenizer_file is not None:
             try:
                 self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
