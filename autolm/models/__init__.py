@@ -84,6 +84,24 @@ MODELS: dict[str, dict] = {
             "text_encoding": "BertModel",
         },
     },
+    "t5": {
+        "module": "t5",
+        "config": "T5Config",
+        "tasks": {
+            "base": "T5Model",
+            "seq2seq_lm": "T5ForConditionalGeneration",
+            "text_encoding": "T5EncoderModel",
+        },
+    },
+    "mt5": {
+        "module": "t5",
+        "config": "MT5Config",
+        "tasks": {
+            "base": "MT5Model",
+            "seq2seq_lm": "MT5ForConditionalGeneration",
+            "text_encoding": "MT5EncoderModel",
+        },
+    },
 }
 
 # Other spellings of a supported type (checkpoints in the wild use these).
