@@ -195,3 +195,19 @@ def test_minilm_mean_pooling_equals_sentence_transformers():
     got = torch.nn.functional.normalize(pooled, p=2, dim=1)
     assert got.shape == want.shape
     assert _diff(got, torch.from_numpy(want)) <= 1e-5
+
+
+def test_masked_lm_resize_keeps_the_tie_and_the_old_scores(tmp_path):
+    ref = make_bert("BertForMaskedLM")
+    ref.save_pretrained(tmp_path)
+    model = autolm.BertForMaskedLM.from_pretrained(tmp_path)
+    ref.resize_token_embeddings(120, mean_resizing=False)
+    model.resize_token_embeddings(120, mean_resizing=False)
+    predictions = model.cls.predictions
+    assert predictions.decoder.bias is predictions.bias and predictions.bias.shape == (120,)
+    assert predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    assert _diff(predictions.bias, ref.cls.predictions.bias) == 0  # old entries kept, new ones zero
+    with torch.no_grad():
+        got, want = model(**batch()).logits, ref(**batch()).logits
+    assert got.shape == want.shape == (2, 9, 120)
+    assert _diff(got[..., :99], want[..., :99]) <= 1e-5

@@ -459,6 +459,18 @@ class BertForMaskedLM(BertPreTrainedModel):
         super().tie_weights()
         self.cls.predictions.decoder.bias = self.cls.predictions.bias
 
+    def resize_token_embeddings(self, *args, **kwargs) -> nn.Embedding:
+        """As the base class; the output bias keeps its old entries and gets zeros for new tokens."""
+        embeddings = super().resize_token_embeddings(*args, **kwargs)
+        predictions = self.cls.predictions
+        n, old = embeddings.weight.shape[0], predictions.bias
+        if old.shape[0] != n:
+            bias = torch.zeros(n, dtype=old.dtype, device=old.device)
+            bias[: min(n, old.shape[0])] = old.data[:n]
+            predictions.bias = nn.Parameter(bias)
+            self.tie_weights()
+        return embeddings
+
     def forward(self, input_ids=None, attention_mask=None, labels=None, return_dict=None, **kwargs):
         out = _base_outputs(self, input_ids, attention_mask, kwargs)
         logits = self.cls(out.last_hidden_state)
