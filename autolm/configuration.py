@@ -612,6 +612,7 @@ class GenerationConfig:
             "bad_words_ids", "renormalize_logits", "suppress_tokens", "begin_suppress_tokens",
             "num_return_sequences", "output_attentions", "output_hidden_states", "output_scores",
             "output_logits", "return_dict_in_generate", "pad_token_id", "bos_token_id", "eos_token_id",
+            "decoder_start_token_id",
         )
     )  # fmt: skip
     # What generate() uses for a setting still None (transformers' _get_default_generation_params).
@@ -665,7 +666,7 @@ class GenerationConfig:
 
     @classmethod
     def from_model_config(cls, config: PretrainedConfig) -> GenerationConfig:
-        keys = ("bos_token_id", "eos_token_id", "pad_token_id")
+        keys = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
         return cls(**{k: getattr(config, k) for k in keys if getattr(config, k, None) is not None})
 
     def update(self, **kwargs: Any) -> dict:

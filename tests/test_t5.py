@@ -21,36 +21,54 @@ TINY_T5 = dict(
     relative_attention_num_buckets=8,
     relative_attention_max_distance=16,
 )
-# v1.0: ReLU, tied head (scaled logits); flan: gated GELU, its own head, a deeper decoder; mt5: gated, own head
+# v1.0: ReLU, tied head (scaled logits); flan: gated GELU, its own head; mt5: gated, its own head
 KINDS = {
     "t5": {},
-    "flan": {"feed_forward_proj": "gated-gelu", "tie_word_embeddings": False, "num_decoder_layers": 3},
+    "flan": {"feed_forward_proj": "gated-gelu", "tie_word_embeddings": False},
     "mt5": {"feed_forward_proj": "gated-gelu"},
 }
 
 
-def make_t5(kind: str, seed: int = 0):
+def make_t5(kind: str, seed: int = 0, **overrides):
     import transformers
 
     mt5 = kind == "mt5"
     config_cls = transformers.MT5Config if mt5 else transformers.T5Config
     model_cls = transformers.MT5ForConditionalGeneration if mt5 else transformers.T5ForConditionalGeneration
     torch.manual_seed(seed)
-    model = model_cls(config_cls(**TINY_T5, **KINDS[kind])).eval()
+    model = model_cls(config_cls(**{**TINY_T5, **KINDS[kind], **overrides})).eval()
     if kind != "t5":  # a head of its own, as Flan-T5 and mT5 checkpoints have
         model.lm_head.weight = nn.Parameter(torch.randn(TINY_T5["vocab_size"], TINY_T5["d_model"]))
     return model
 
 
-@pytest.fixture(scope="module", params=sorted(KINDS))
-def pair(request, tmp_path_factory):
-    """(transformers model, its directory, autolm's model from that directory)."""
-    ref = make_t5(request.param)
-    directory = tmp_path_factory.mktemp(request.param)
-    ref.save_pretrained(directory)
-    model, info = autolm.AutoModelForSeq2SeqLM.from_pretrained(directory, output_loading_info=True)
-    assert info["missing_keys"] == [] and info["unexpected_keys"] == []
-    return ref, directory, model
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """kind -> (transformers model, its directory, autolm's model from that directory), built on first use."""
+    cache: dict[str, tuple] = {}
+
+    def get(kind: str):
+        if kind not in cache:
+            ref = make_t5(kind)
+            directory = tmp_path_factory.mktemp(kind)
+            ref.save_pretrained(directory)
+            model, info = autolm.AutoModelForSeq2SeqLM.from_pretrained(directory, output_loading_info=True)
+            assert info["missing_keys"] == [] and info["unexpected_keys"] == []
+            cache[kind] = ref, directory, model
+        return cache[kind]
+
+    return get
+
+
+@pytest.fixture(params=sorted(KINDS))
+def pair(request, built):
+    return built(request.param)
+
+
+# generation runs on the tied ReLU and the untied gated kinds (mT5 differs from Flan only in its logits' scale)
+@pytest.fixture(params=["flan", "t5"])
+def gen_pair(request, built):
+    return built(request.param)
 
 
 def batch(seed: int = 1):
@@ -182,6 +200,17 @@ def test_a_classic_untied_config_reads_as_transformers(tmp_path):
         assert diff(got, ref(ids, attention_mask=mask, decoder_input_ids=dec).logits) <= 1e-5
 
 
+def test_a_decoder_deeper_than_the_encoder(tmp_path):
+    ref = make_t5("flan", num_decoder_layers=3)
+    ref.save_pretrained(tmp_path)
+    model = autolm.AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    assert len(model.decoder.block) == 3 and len(model.encoder.block) == 2
+    ids, mask, dec, dec_mask = batch(8)
+    kwargs = dict(attention_mask=mask, decoder_input_ids=dec, decoder_attention_mask=dec_mask)
+    with torch.no_grad():
+        assert diff(model(ids, **kwargs).logits, ref(ids, **kwargs).logits) <= 1e-5
+
+
 def test_config_names_and_defaults():
     config = autolm.T5Config(feed_forward_proj="gated-gelu", d_model=32, num_layers=3, num_heads=2)
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (32, 3, 2)
@@ -190,3 +219,111 @@ def test_config_names_and_defaults():
     assert autolm.MT5Config().vocab_size == 250112
     with pytest.raises(ValueError, match="feed_forward_proj"):
         autolm.T5Config(feed_forward_proj="fancy-gelu")
+
+
+# --- generation -------------------------------------------------------------------------------------
+
+GENERATE = {
+    "default_length": {},
+    "max_length": {"max_length": 7},
+    "min_new_tokens": {"max_new_tokens": 10, "min_new_tokens": 8},
+    "sampled": {"do_sample": True, "top_k": 10, "top_p": 0.9, "temperature": 0.7, "max_new_tokens": 10},
+    "sampled_many": {"do_sample": True, "num_return_sequences": 2, "max_new_tokens": 6},
+    "beams": {"num_beams": 3, "max_new_tokens": 8},
+    "beams_options": {
+        "num_beams": 4,
+        "num_return_sequences": 2,
+        "length_penalty": 0.5,
+        "early_stopping": True,
+        "max_new_tokens": 9,
+    },
+    "beam_sampling": {"num_beams": 3, "do_sample": True, "max_new_tokens": 6},
+    "penalties": {"repetition_penalty": 1.5, "no_repeat_ngram_size": 2, "max_new_tokens": 10},
+}
+
+
+def early_eos(model, ids, mask) -> int:
+    """A token greedy decoding emits early, used as eos so rows finish at different steps."""
+    return int(model.generate(ids, attention_mask=mask, max_new_tokens=4, eos_token_id=None)[0, 3])
+
+
+@pytest.mark.parametrize("case", sorted(GENERATE))
+def test_generate_gives_the_ids_of_transformers(gen_pair, case):
+    ref, _, model = gen_pair
+    ids, mask, _, _ = batch(9)
+    kwargs = dict(GENERATE[case])
+    # the file's eos (rarely drawn by a random model), then one drawn early: rows finish at different steps
+    for eos in (
+        (None, early_eos(model, ids, mask))
+        if case in ("default_length", "beams")
+        else (early_eos(model, ids, mask),)
+    ):
+        if eos is not None:
+            kwargs["eos_token_id"] = eos
+        torch.manual_seed(0)
+        expected = ref.generate(ids, attention_mask=mask, **kwargs)
+        torch.manual_seed(0)
+        got = model.generate(ids, attention_mask=mask, **kwargs)
+        assert got.shape == expected.shape and torch.equal(got, expected), (eos, got, expected)
+
+
+def test_generate_scores_and_decoder_prompt_as_transformers(gen_pair):
+    ref, _, model = gen_pair
+    ids, mask, dec, _ = batch(10)
+    kwargs = dict(max_new_tokens=5, return_dict_in_generate=True, output_scores=True)
+    expected = ref.generate(ids, attention_mask=mask, **kwargs)
+    got = model.generate(ids, attention_mask=mask, **kwargs)
+    assert torch.equal(got.sequences, expected.sequences)
+    assert len(got.scores) == len(expected.scores)
+    assert all(diff(a, b) <= 1e-5 for a, b in zip(got.scores, expected.scores))
+    # decoder_input_ids continue a decoder prompt (the start token is put in front)
+    prompt = dec[:, :2]
+    expected = ref.generate(ids, attention_mask=mask, decoder_input_ids=prompt, max_new_tokens=4)
+    got = model.generate(ids, attention_mask=mask, decoder_input_ids=prompt, max_new_tokens=4)
+    assert torch.equal(got, expected)
+    # encoder_outputs computed by the caller
+    with torch.no_grad():
+        encoded = model.get_encoder()(ids, attention_mask=mask)
+    again = model.generate(encoder_outputs=encoded, attention_mask=mask, max_new_tokens=4)
+    assert torch.equal(again, model.generate(ids, attention_mask=mask, max_new_tokens=4))
+
+
+class IdsTokenizer:
+    """A stand-in tokenizer: each id is a word."""
+
+    def decode(self, ids, skip_special_tokens: bool = False, **kwargs) -> str:
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        return " ".join(f"t{i}" for i in ids if not (skip_special_tokens and i in (0, 1)))
+
+
+def test_streamers_get_the_decoder_tokens(built):
+    import io
+    import threading
+
+    _, _, model = built("flan")
+    ids, mask, _, _ = batch(11)
+    out = io.StringIO()
+    generated = model.generate(
+        ids[:1], max_new_tokens=8, streamer=autolm.TextStreamer(IdsTokenizer(), file=out)
+    )
+    assert generated[0, 0] == model.config.decoder_start_token_id
+    assert out.getvalue() == IdsTokenizer().decode(generated[0]) + "\n"
+
+    streamer = autolm.TextIteratorStreamer(IdsTokenizer(), skip_prompt=True, timeout=30)
+    result = {}
+
+    def work():
+        result["ids"] = model.generate(ids[:1], max_new_tokens=8, eos_token_id=None, streamer=streamer)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    text = "".join(streamer)
+    thread.join()
+    assert text == IdsTokenizer().decode(result["ids"][0, 1:])
+
+
+def test_no_cache_decoding_gives_the_same_ids(built):
+    _, _, model = built("flan")
+    ids, mask, _, _ = batch(12)
+    cached = model.generate(ids, attention_mask=mask, max_new_tokens=6)
+    assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=6, use_cache=False), cached)

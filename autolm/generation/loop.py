@@ -77,11 +77,23 @@ def generate_tokens(
         GenerationError: bad settings or prompt (raised on the first `next()`).
     """
     processors, criteria = kwargs.pop("logits_processor", None), kwargs.pop("stopping_criteria", None)
+    extra = seq2seq.pop_inputs(kwargs) if seq2seq.is_encoder_decoder(model) else None
     config = merge_settings(model, generation_config, kwargs)
-    plan = _planned(model, input_ids, attention_mask, config, tokenizer, processors, criteria)
+    plan, decoder_cls = _plan_for(
+        model, input_ids, attention_mask, config, tokenizer, processors, criteria, extra
+    )
     if plan.num_beams > 1:
         raise GenerationError("generate_tokens yields one token per row: use generate() for beam search.")
-    yield from run(model, plan)
+    yield from run(model, plan, decoder_cls=decoder_cls)
+
+
+def _plan_for(model, input_ids, attention_mask, config, tokenizer, processors, criteria, extra):
+    """(plan, decoder state class): an encoder-decoder model's plan is over its decoder's ids."""
+    if extra is not None:
+        return seq2seq.prepare(
+            model, input_ids, attention_mask, config, tokenizer, processors, criteria, extra
+        )
+    return _planned(model, input_ids, attention_mask, config, tokenizer, processors, criteria), _Decoder
 
 
 def _planned(model, input_ids, attention_mask, config, tokenizer, processors, criteria) -> Plan:
@@ -234,15 +246,20 @@ class _Decoder:
 
 
 def run(
-    model, plan: Plan, scores: list[torch.Tensor] | None = None, logits: list[torch.Tensor] | None = None
+    model,
+    plan: Plan,
+    scores: list[torch.Tensor] | None = None,
+    logits: list[torch.Tensor] | None = None,
+    decoder_cls=None,
 ) -> Iterator[torch.Tensor]:
     """The loop itself, for a plan from `make_plan`. Appends processed scores to `scores` and the raw
-    logits to `logits` when given.
+    logits to `logits` when given. `decoder_cls`: the decoding state (an encoder-decoder model's, see
+    `seq2seq`), the causal one by default.
 
     Inference mode is entered around each step only, so the caller's code between steps runs normally.
     """
     with torch.inference_mode():
-        decoder = _Decoder(model, plan)
+        decoder = (decoder_cls or _Decoder)(model, plan)
     waiting = False  # for a background kernel build (see kernels.build_in_background)
     for step in range(plan.max_new_tokens):
         with torch.inference_mode():
@@ -274,7 +291,9 @@ def generate(
     """Generate continuations of a batch of prompts, as transformers' `model.generate`.
 
     Args:
-        model: a causal LM (`AutoModelForCausalLM.from_pretrained(...)`).
+        model: a causal LM (`AutoModelForCausalLM.from_pretrained(...)`), or an encoder-decoder model
+            (`AutoModelForSeq2SeqLM`): the inputs go to its encoder and the ids returned are its
+            decoder's, from decoder_start_token_id on (decoder_input_ids=, encoder_outputs= accepted).
         inputs: prompt ids (B, P), left-padded for batches of different lengths (also `input_ids=`).
         attention_mask: (B, P) 1 for tokens, 0 for padding; position ids follow from it.
         generation_config: settings; defaults come from the model's generation_config.json.
@@ -298,15 +317,18 @@ def generate(
         attention_mask = inputs.get("attention_mask", attention_mask)
         inputs = inputs["input_ids"]
     processors, criteria = kwargs.pop("logits_processor", None), kwargs.pop("stopping_criteria", None)
+    extra = seq2seq.pop_inputs(kwargs) if seq2seq.is_encoder_decoder(model) else None
     try:
         config = merge_settings(model, generation_config, kwargs)
-        plan = _planned(model, inputs, attention_mask, config, tokenizer, processors, criteria)
+        plan, decoder_cls = _plan_for(
+            model, inputs, attention_mask, config, tokenizer, processors, criteria, extra
+        )
         want_scores = bool(config.return_dict_in_generate and config.output_scores)
         want_logits = bool(config.return_dict_in_generate and config.output_logits)
         if plan.num_beams > 1:
             if streamer is not None:
                 raise GenerationError("A streamer cannot be used with beam search (num_beams > 1).")
-            beams = beam_search(model, plan, _Decoder, want_scores, want_logits)
+            beams = beam_search(model, plan, decoder_cls, want_scores, want_logits)
             if not config.return_dict_in_generate:
                 return beams.sequences
             return ModelOutput(
@@ -320,7 +342,7 @@ def generate(
             streamer.put(plan.input_ids.cpu())
         scores: list[torch.Tensor] | None = [] if want_scores else None
         logits: list[torch.Tensor] | None = [] if want_logits else None
-        new = [token for token in _streamed(run(model, plan, scores, logits), streamer)]
+        new = [token for token in _streamed(run(model, plan, scores, logits, decoder_cls), streamer)]
         if streamer is not None:
             streamer.end()
     except Exception as exc:
@@ -344,3 +366,6 @@ def _streamed(tokens: Iterator[torch.Tensor], streamer) -> Iterator[torch.Tensor
         if streamer is not None:
             streamer.put(token.cpu())
         yield token
+
+
+from . import seq2seq  # noqa: E402  (it builds on _Decoder above)
