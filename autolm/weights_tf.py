@@ -81,10 +81,20 @@ def read_h5(path: Path) -> dict[str, torch.Tensor]:
         ) from None
     state: dict[str, torch.Tensor] = {}
     with f:
-        for tf_name, array, scoped in _variables(h5py, f, path):
-            name = pytorch_name(tf_name, scoped)
-            if name not in state:  # a shared variable (tied embeddings) is listed under each layer using it
-                state[name] = to_torch_layout(tf_name, array)
+        try:
+            for tf_name, array, scoped in _variables(h5py, f, path):
+                name = pytorch_name(tf_name, scoped)
+                if (
+                    name not in state
+                ):  # a shared variable (tied embeddings) is listed under each layer using it
+                    state[name] = to_torch_layout(tf_name, array)
+        except CheckpointError:
+            raise
+        except (OSError, KeyError, RuntimeError, ValueError, TypeError) as e:
+            # what HDF5 raises on damaged metadata (heaps, object headers, undecodable names)
+            raise CheckpointError(
+                f"{path} is corrupt ({type(e).__name__}: {str(e)[:200]}). Re-download it.", files=[path]
+            ) from None
     return state
 
 
@@ -103,7 +113,15 @@ def _variables(h5py, f, path: Path) -> Iterator[tuple[str, np.ndarray, bool]]:
             yield layer, _array(item, path), False
             continue
         for weight in _string_list(item, "weight_names") or []:
-            yield weight, _array(_get(item, weight, path), path), True
+            dataset = _get(item, weight, path)
+            if not isinstance(dataset, h5py.Dataset):
+                raise CheckpointError(
+                    f"{path} lists the weight {weight!r}, which is a group, not an array: the file is corrupt. "
+                    "Re-download it.",
+                    files=[path],
+                    key=weight,
+                )
+            yield weight, _array(dataset, path), True
 
 
 def _array(dataset, path: Path) -> np.ndarray:
@@ -113,6 +131,12 @@ def _array(dataset, path: Path) -> np.ndarray:
     plain = dataset.chunks is None and dataset.dtype.isnative and dataset.dtype.kind in "biuf"
     if offset is None or not plain or dataset.ndim == 0 or dataset.size == 0:
         return dataset[()]
+    if offset + dataset.nbytes > path.stat().st_size:
+        raise CheckpointError(
+            f"{path} is truncated: the weight {dataset.name!r} lies past its end. Re-download it.",
+            files=[path],
+            key=dataset.name,
+        )
     return np.memmap(path, mode="c", dtype=dataset.dtype, offset=offset, shape=dataset.shape)
 
 

@@ -24,6 +24,7 @@ from autolm import models
 from autolm.errors import CheckpointError, MissingDependencyError, UnsupportedModelError
 from autolm.hub import LocalRepo
 from autolm.weights import checkpoint_files, load_checkpoint
+from autolm.weights_tf import read_h5
 
 DATA = Path(__file__).parent / "data" / "tf"
 # fixture -> (transformers 5 PyTorch class, autolm Auto class)
@@ -270,3 +271,22 @@ def test_h5_that_reads_other_files_is_refused(tf_llama, tmp_path, how):
             group.create_dataset(name, shape=(32, 4), dtype="<f4", external=[(str(secret), 0, 512)])
     with pytest.raises(CheckpointError, match="from another file.*hostile"):
         autolm.AutoModelForCausalLM.from_pretrained(folder, from_tf=True)
+
+
+def test_damaged_h5_raises_checkpoint_error(tmp_path):
+    """Seeded byte damage in the metadata of a real tf_model.h5: each load gives the weights or a
+    CheckpointError, never one of HDF5's own OSError / KeyError / RuntimeError / UnicodeError."""
+    import random
+
+    source = (DATA / "bert_seqcls" / "tf_model.h5").read_bytes()
+    rng = random.Random(1)
+    path = tmp_path / "tf_model.h5"
+    for _ in range(40):
+        damaged = bytearray(source)
+        for _ in range(4):
+            damaged[rng.randrange(12000)] = rng.randrange(256)
+        path.write_bytes(bytes(damaged))
+        try:
+            read_h5(path)
+        except CheckpointError:
+            pass
