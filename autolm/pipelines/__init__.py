@@ -20,6 +20,9 @@ logger = logging.getLogger("autolm")
 TASKS: dict[str, tuple[str, str, str]] = {
     "text-generation": ("text_generation", "TextGenerationPipeline", "causal_lm"),
     "text-classification": ("text_classification", "TextClassificationPipeline", "sequence_classification"),
+    "text2text-generation": ("text2text_generation", "Text2TextGenerationPipeline", "seq2seq_lm"),
+    "summarization": ("summarization", "SummarizationPipeline", "seq2seq_lm"),
+    "translation": ("translation", "TranslationPipeline", "seq2seq_lm"),
 }
 TASK_ALIASES = {"sentiment-analysis": "text-classification"}
 SUPPORTED_TASKS = tuple(TASKS)
