@@ -62,4 +62,4 @@ def test_loaded_model_and_sampling(pipes):
 
 def test_unknown_task():
     with pytest.raises(GenerationError, match="not supported"):
-        autolm.pipeline("summarization", model="x")
+        autolm.pipeline("automatic-speech-recognition", model="x")

@@ -24,6 +24,9 @@ TASKS: dict[str, tuple[str, str, str]] = {
     "feature-extraction": ("feature_extraction", "FeatureExtractionPipeline", "base"),
     "token-classification": ("token_classification", "TokenClassificationPipeline", "token_classification"),
     "question-answering": ("question_answering", "QuestionAnsweringPipeline", "question_answering"),
+    "text2text-generation": ("text2text_generation", "Text2TextGenerationPipeline", "seq2seq_lm"),
+    "summarization": ("summarization", "SummarizationPipeline", "seq2seq_lm"),
+    "translation": ("translation", "TranslationPipeline", "seq2seq_lm"),
 }
 TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
 SUPPORTED_TASKS = tuple(TASKS)
