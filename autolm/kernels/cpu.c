@@ -318,58 +318,85 @@ INLINE float proj_row(const proj *p, int64_t n, const float *x, const float *xp,
     return p->b ? v + load1(p->b, n, (int)p->btype) : v;
 }
 
-/* y[0, w) += x W[:, 0, w) for a transposed weight (K rows of row_bytes; y float32), four rows of W at a
- * time: the rows are read in order, each one contiguous, so the prefetcher streams them (walking down a
- * narrow column block instead crossed a page every row and ran at a third of the bandwidth). */
-INLINE void rows_into(const char *w, int64_t row_bytes, const float *x, int64_t K, int64_t width, float *y,
-                      int t) {
+/* y_m[0, N) += x_m[k] W[k, 0, N) for k < K and the B rows x_m (row stride ldx; y_m at y + m * N, float32)
+ * of a transposed weight (K rows of row_bytes), four rows of W at a time: the rows are read in order, so
+ * the weights stream as one contiguous block, and each group of four is used for all B rows while it is
+ * in the cache. */
+INLINE void rows_into(const char *w, int64_t row_bytes, const float *x, int64_t ldx, int64_t B, int64_t K,
+                      int64_t N, float *y, int t) {
     int64_t k = 0;
     for (; k + 4 <= K; k += 4) {
         const char *r0 = w + k * row_bytes, *r1 = r0 + row_bytes, *r2 = r1 + row_bytes, *r3 = r2 + row_bytes;
-        const __m256 x0 = _mm256_set1_ps(x[k]), x1 = _mm256_set1_ps(x[k + 1]);
-        const __m256 x2 = _mm256_set1_ps(x[k + 2]), x3 = _mm256_set1_ps(x[k + 3]);
-        int64_t j = 0;
-        for (; j + 8 <= width; j += 8) {
-            __m256 a = _mm256_loadu_ps(y + j);
-            a = _mm256_fmadd_ps(load8(r0, j, t), x0, a);
-            a = _mm256_fmadd_ps(load8(r1, j, t), x1, a);
-            a = _mm256_fmadd_ps(load8(r2, j, t), x2, a);
-            a = _mm256_fmadd_ps(load8(r3, j, t), x3, a);
-            _mm256_storeu_ps(y + j, a);
+        for (int64_t m = 0; m < B; m++) {
+            const float *xm = x + m * ldx + k;
+            float *ym = y + m * N;
+            const __m256 x0 = _mm256_set1_ps(xm[0]), x1 = _mm256_set1_ps(xm[1]);
+            const __m256 x2 = _mm256_set1_ps(xm[2]), x3 = _mm256_set1_ps(xm[3]);
+            int64_t j = 0;
+            for (; j + 8 <= N; j += 8) {
+                __m256 a = _mm256_loadu_ps(ym + j);
+                a = _mm256_fmadd_ps(load8(r0, j, t), x0, a);
+                a = _mm256_fmadd_ps(load8(r1, j, t), x1, a);
+                a = _mm256_fmadd_ps(load8(r2, j, t), x2, a);
+                a = _mm256_fmadd_ps(load8(r3, j, t), x3, a);
+                _mm256_storeu_ps(ym + j, a);
+            }
+            for (; j < N; j++)
+                ym[j] += load1(r0, j, t) * xm[0] + load1(r1, j, t) * xm[1] + load1(r2, j, t) * xm[2] +
+                         load1(r3, j, t) * xm[3];
         }
-        for (; j < width; j++)
-            y[j] += load1(r0, j, t) * x[k] + load1(r1, j, t) * x[k + 1] + load1(r2, j, t) * x[k + 2] +
-                    load1(r3, j, t) * x[k + 3];
     }
     for (; k < K; k++) {
         const char *r = w + k * row_bytes;
-        for (int64_t j = 0; j < width; j++) y[j] += load1(r, j, t) * x[k];
+        for (int64_t m = 0; m < B; m++)
+            for (int64_t j = 0; j < N; j++) y[m * N + j] += load1(r, j, t) * x[m * ldx + k];
     }
 }
 
-/* out[m * ldo + n] = rnd(x_m W[:, n] + b[n]) for n < N and the B rows of x, a transposed projection;
- * each thread takes one contiguous range of the columns. Called inside the parallel region. */
+/* out[m * ldo + n] = rnd(x_m W[:, n] + b[n]) for n < N and the B rows of x, a transposed projection.
+ * Each thread takes one contiguous range of W's rows (the K inputs) into its own partial sums in
+ * `scratch` (threads x B x N floats), then the partials are added per column: every thread streams one
+ * contiguous block of the matrix (splitting the columns instead read short pieces of every row and
+ * reached half the bandwidth). Called inside the parallel region. */
 INLINE void column_products(const proj *p, const float *x, int64_t B, int64_t K, int64_t N, float *out,
-                            int64_t ldo, int t) {
-    const int64_t parts = omp_get_num_threads(), per = ((N + parts - 1) / parts + 7) / 8 * 8;
+                            int64_t ldo, int t, float *scratch) {
+    const int64_t parts = omp_get_num_threads(), per = (K + parts - 1) / parts;
 #pragma omp for schedule(static)
     for (int64_t part = 0; part < parts; part++) {
-        const int64_t n0 = part * per, n1 = n0 + per < N ? n0 + per : N;
-        if (n0 >= n1) continue;
-        const int64_t wsize = p->wtype == F32 ? 4 : 2;
-        const char *w = (const char *)p->w + n0 * wsize;
-        for (int64_t m = 0; m < B; m++) {
-            float *y = out + m * ldo + n0;
-            memset(y, 0, sizeof(float) * (n1 - n0));
-            switch (p->wtype) {
-            case F32: rows_into(w, p->row_bytes, x + m * K, K, n1 - n0, y, F32); break;
-            case BF16: rows_into(w, p->row_bytes, x + m * K, K, n1 - n0, y, BF16); break;
-            default: rows_into(w, p->row_bytes, x + m * K, K, n1 - n0, y, F16); break;
-            }
-            for (int64_t j = 0; j < n1 - n0; j++)
-                y[j] = rnd(p->b ? y[j] + load1(p->b, n0 + j, (int)p->btype) : y[j], t);
+        const int64_t k0 = part * per < K ? part * per : K, k1 = k0 + per < K ? k0 + per : K;
+        float *y = scratch + part * B * N;
+        memset(y, 0, sizeof(float) * B * N);
+        const char *w = (const char *)p->w + k0 * p->row_bytes;
+        switch (p->wtype) {
+        case F32: rows_into(w, p->row_bytes, x + k0, K, B, k1 - k0, N, y, F32); break;
+        case BF16: rows_into(w, p->row_bytes, x + k0, K, B, k1 - k0, N, y, BF16); break;
+        default: rows_into(w, p->row_bytes, x + k0, K, B, k1 - k0, N, y, F16); break;
         }
     }
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t m = 0; m < B; m++) {
+            float s = 0.0f;
+            for (int64_t part = 0; part < parts; part++) s += scratch[(part * B + m) * N + n];
+            out[m * ldo + n] = rnd(p->b ? s + load1(p->b, n, (int)p->btype) : s, t);
+        }
+}
+
+/* q, k and v as one product when they are adjacent column ranges of one matrix (GPT-2's c_attn): one
+ * pass over the fused weight instead of three */
+INLINE int fuse3(const proj *q, const proj *k, const proj *v, int64_t NQ, int64_t NK, proj *fused) {
+    const int64_t size = q->wtype == F32 ? 4 : 2, bsize = q->btype == F32 ? 4 : 2;
+    if (k->wtype != q->wtype || v->wtype != q->wtype || k->row_bytes != q->row_bytes ||
+        v->row_bytes != q->row_bytes || (const char *)k->w != (const char *)q->w + NQ * size ||
+        (const char *)v->w != (const char *)k->w + NK * size)
+        return 0;
+    if (q->b || k->b || v->b) {
+        if (!q->b || !k->b || !v->b || k->btype != q->btype || v->btype != q->btype ||
+            (const char *)k->b != (const char *)q->b + NQ * bsize || (const char *)v->b != (const char *)k->b + NK * bsize)
+            return 0;
+    }
+    *fused = *q;
+    return 1;
 }
 
 /* norm of B rows of xs into h, then the deinterleaved copy (one thread: called inside `omp single`) */
@@ -381,9 +408,9 @@ INLINE void norm_rows(const float *xs, const normd *n, float *h, float *hp, int6
 /* The residual add after o_proj / down_proj: xs += rnd(in W^T + b), or, with an output norm,
  * xs += norm(rnd(in W^T + b)) (the products go to `tmp` first). Called inside the parallel region. */
 INLINE void residual_product(float *xs, float *tmp, const float *in, const float *inp, const proj *p,
-                             const normd *out_norm, int64_t B, int64_t E, int64_t K, int t) {
+                             const normd *out_norm, int64_t B, int64_t E, int64_t K, int t, float *scratch) {
     if (p->transposed) {
-        column_products(p, in, B, K, E, tmp, E, t);
+        column_products(p, in, B, K, E, tmp, E, t, scratch);
         if (out_norm->kind == NORM_NONE) {
 #pragma omp for schedule(static)
             for (int64_t n = 0; n < E; n++)
@@ -419,6 +446,8 @@ INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, in
     float *xs = malloc(sizeof(float) * B * (3 * E + widest + NQKV + NQ + 2 * I + H * S));
     float *h = xs + B * E, *tmp = h + B * E, *hp = tmp + B * E, *qkv = hp + B * widest, *att = qkv + B * NQKV;
     float *act = att + B * NQ, *gates = act + B * I, *scores = gates + B * I;
+    const int64_t cols = NQKV > I ? (NQKV > E ? NQKV : E) : (I > E ? I : E);
+    float *scratch = malloc(sizeof(float) * (nthreads > 0 ? nthreads : 1) * B * cols); /* transposed products */
     for (int64_t i = 0; i < B * E; i++) xs[i] = load1(x, i, t);
 
 #pragma omp parallel num_threads(nthreads)
@@ -427,9 +456,14 @@ INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, in
 #pragma omp single
         norm_rows(xs, &ly->attn_norm, h, hp, B, E, t);
         if (ly->q.transposed) {
-            column_products(&ly->q, h, B, E, NQ, qkv, NQKV, t);
-            column_products(&ly->k, h, B, E, NK, qkv + NQ, NQKV, t);
-            column_products(&ly->v, h, B, E, NK, qkv + NQ + NK, NQKV, t);
+            proj fused;
+            if (fuse3(&ly->q, &ly->k, &ly->v, NQ, NK, &fused)) {
+                column_products(&fused, h, B, E, NQKV, qkv, NQKV, t, scratch);
+            } else {
+                column_products(&ly->q, h, B, E, NQ, qkv, NQKV, t, scratch);
+                column_products(&ly->k, h, B, E, NK, qkv + NQ, NQKV, t, scratch);
+                column_products(&ly->v, h, B, E, NK, qkv + NQ + NK, NQKV, t, scratch);
+            }
         } else {
 #pragma omp for schedule(static)
             for (int64_t n = 0; n < NQKV; n++) {
@@ -485,12 +519,12 @@ INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, in
         }
 #pragma omp single
         prepare(att, hp, B, NQ);
-        residual_product(xs, tmp, att, hp, &ly->o, &ly->attn_out_norm, B, E, NQ, t);
+        residual_product(xs, tmp, att, hp, &ly->o, &ly->attn_out_norm, B, E, NQ, t, scratch);
 #pragma omp single
         norm_rows(xs, &ly->mlp_norm, h, hp, B, E, t);
         if (ly->up.transposed) {
-            column_products(&ly->up, h, B, E, I, act, I, t);
-            if (ly->gate.w) column_products(&ly->gate, h, B, E, I, gates, I, t);
+            column_products(&ly->up, h, B, E, I, act, I, t, scratch);
+            if (ly->gate.w) column_products(&ly->gate, h, B, E, I, gates, I, t, scratch);
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < B * I; i++)
                 act[i] = ly->gate.w ? rnd(rnd(activate(gates[i], ly->act), t) * act[i], t)
@@ -510,9 +544,10 @@ INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, in
         }
 #pragma omp single
         prepare(act, hp, B, I);
-        residual_product(xs, tmp, act, hp, &ly->down, &ly->mlp_out_norm, B, E, I, t);
+        residual_product(xs, tmp, act, hp, &ly->down, &ly->mlp_out_norm, B, E, I, t, scratch);
     }
     for (int64_t i = 0; i < B * E; i++) store1(x, i, xs[i], t);
+    free(scratch);
     free(xs);
 }
 
