@@ -13,11 +13,10 @@ from torch import nn
 from ..configuration import PretrainedConfig
 from ..errors import AutolmValueError, ConfigError
 from ..kernels.decoder import Decoder, Layer, Norm, Projection
-from ..logging import warning_once
 from ..modeling_utils import ModelOutput, PreTrainedModel
-from .cache import DynamicCache, StaticCache
 from .heads import CausalLMHead, SequenceClassificationHead, TokenClassificationHead
 from .layers import activation, attention, attention_masks, check_activation, positions_and_masks, same_code
+from .stack import CacheMaker, StackRun
 
 
 class GPT2Config(PretrainedConfig):
@@ -176,7 +175,7 @@ class GPT2PreTrainedModel(PreTrainedModel):
         return {k: v for k, v in state_dict.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
 
 
-class GPT2Model(GPT2PreTrainedModel):
+class GPT2Model(CacheMaker, GPT2PreTrainedModel):
     """Token + position embeddings, the blocks, the final LayerNorm; returns `last_hidden_state`."""
 
     def __init__(self, config: GPT2Config):
@@ -194,14 +193,6 @@ class GPT2Model(GPT2PreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.wte = value
 
-    def make_cache(self, batch_size: int, max_cache_len: int | None = None, dtype=None, device=None):
-        """A DynamicCache, or with `max_cache_len` a StaticCache of that many slots per layer."""
-        if max_cache_len is None:
-            return DynamicCache()
-        dtype = dtype or self.wte.weight.dtype
-        device = device or self.wte.weight.device
-        return StaticCache(self.config, batch_size, max_cache_len, device=device, dtype=dtype)
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -217,26 +208,19 @@ class GPT2Model(GPT2PreTrainedModel):
         cache_position: torch.LongTensor | None = None,
         **kwargs,
     ) -> ModelOutput | tuple:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise AutolmValueError("Pass exactly one of input_ids or inputs_embeds.")
-        past_key_values = kwargs.get("cache", past_key_values)  # transformers 5's new name
-        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
-        B, T = x.shape[:2]
-        c = self.config
-        use_cache = c.use_cache if use_cache is None else use_cache
-        output_hidden_states = (
-            c.output_hidden_states if output_hidden_states is None else output_hidden_states
+        run = StackRun.start(
+            self,
+            input_ids,
+            inputs_embeds,
+            past_key_values,
+            use_cache,
+            output_hidden_states,
+            output_attentions,
+            kwargs,
         )
-        output_attentions = c.output_attentions if output_attentions is None else output_attentions
-        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        if checkpointing and use_cache:
-            warning_once("use_cache=True is incompatible with gradient checkpointing; using use_cache=False.")
-            use_cache = False
-        cache = past_key_values
-        if cache is None and use_cache:
-            cache = self.make_cache(B)
+        x, c = run.x, self.config
         position_ids, masks = positions_and_masks(
-            c, attention_mask, position_ids, cache, cache_position, B, T, x.device
+            c, attention_mask, position_ids, run.cache, cache_position, *x.shape[:2], x.device
         )
         if not torch.compiler.is_compiling() and int(position_ids.max()) >= c.n_positions:
             raise AutolmValueError(
@@ -247,26 +231,7 @@ class GPT2Model(GPT2PreTrainedModel):
         if token_type_ids is not None:
             x = x + self.wte(token_type_ids)
         x = self.drop(x)
-
-        hidden_states = [x] if output_hidden_states else None
-        attentions: list | None = [] if output_attentions else None
-        for block in self.h:
-            if checkpointing:
-                x = self._gradient_checkpointing_func(block, x, masks, cache, attentions)
-            else:
-                x = block(x, masks, cache, attentions)
-            if hidden_states is not None:
-                hidden_states.append(x)
-        x = self.ln_f(x)
-        if hidden_states is not None:
-            hidden_states[-1] = x  # the last entry is the normed output, as in transformers
-        out = ModelOutput(
-            last_hidden_state=x,
-            past_key_values=cache if use_cache else None,
-            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
-            attentions=tuple(attentions) if attentions is not None else None,
-        )
-        return out if c.return_dict_for(return_dict) else out.to_tuple()
+        return run.finish(x, self.h, (masks,), self.ln_f, return_dict)
 
 
 GPT2PreTrainedModel.base_model_class = GPT2Model

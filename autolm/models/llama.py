@@ -10,11 +10,8 @@ import torch
 from torch import nn
 
 from ..configuration import PretrainedConfig
-from ..errors import AutolmValueError
 from ..kernels.decoder import Decoder, Layer
-from ..logging import warning_once
 from ..modeling_utils import ModelOutput, PreTrainedModel
-from .cache import DynamicCache, StaticCache
 from .heads import CausalLMHead, SequenceClassificationHead
 from .layers import (
     Linear,
@@ -30,6 +27,7 @@ from .layers import (
     rms_norm,
     same_code,
 )
+from .stack import CacheMaker, StackRun
 
 
 class LlamaConfig(PretrainedConfig):
@@ -183,7 +181,7 @@ class LlamaPreTrainedModel(PreTrainedModel):
     attention_class: type[nn.Module] = LlamaAttention
 
 
-class LlamaModel(LlamaPreTrainedModel):
+class LlamaModel(CacheMaker, LlamaPreTrainedModel):
     """The decoder stack; returns `last_hidden_state` (and `past_key_values`, `hidden_states`)."""
 
     def __init__(self, config: LlamaConfig):
@@ -203,14 +201,6 @@ class LlamaModel(LlamaPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
-    def make_cache(self, batch_size: int, max_cache_len: int | None = None, dtype=None, device=None):
-        """A DynamicCache, or with `max_cache_len` a StaticCache of that many slots per layer."""
-        if max_cache_len is None:
-            return DynamicCache()
-        dtype = dtype or self.embed_tokens.weight.dtype
-        device = device or self.embed_tokens.weight.device
-        return StaticCache(self.config, batch_size, max_cache_len, device=device, dtype=dtype)
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -225,47 +215,22 @@ class LlamaModel(LlamaPreTrainedModel):
         cache_position: torch.LongTensor | None = None,
         **kwargs,
     ) -> ModelOutput | tuple:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise AutolmValueError("Pass exactly one of input_ids or inputs_embeds.")
-        past_key_values = kwargs.get("cache", past_key_values)  # transformers 5's new name
-        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        B, T = x.shape[:2]
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        if output_attentions is None:
-            output_attentions = self.config.output_attentions
-        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        if checkpointing and use_cache:
-            warning_once("use_cache=True is incompatible with gradient checkpointing; using use_cache=False.")
-            use_cache = False
-        cache = past_key_values
-        if cache is None and use_cache:
-            cache = self.make_cache(B)
+        run = StackRun.start(
+            self,
+            input_ids,
+            inputs_embeds,
+            past_key_values,
+            use_cache,
+            output_hidden_states,
+            output_attentions,
+            kwargs,
+        )
+        x = run.x
         position_ids, masks = positions_and_masks(
-            self.config, attention_mask, position_ids, cache, cache_position, B, T, x.device
+            self.config, attention_mask, position_ids, run.cache, cache_position, *x.shape[:2], x.device
         )
         position_embeddings = self.rotary_emb(x, position_ids)
-
-        hidden_states = [x] if output_hidden_states else None
-        attentions: list | None = [] if output_attentions else None
-        for layer in self.layers:
-            if checkpointing:
-                x = self._gradient_checkpointing_func(layer, x, position_embeddings, masks, cache, attentions)
-            else:
-                x = layer(x, position_embeddings, masks, cache, attentions)
-            if hidden_states is not None:
-                hidden_states.append(x)
-        x = self.norm(x)
-        if hidden_states is not None:
-            hidden_states[-1] = x  # the last entry is the normed output, as in transformers
-        out = ModelOutput(
-            last_hidden_state=x,
-            past_key_values=cache if use_cache else None,
-            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
-            attentions=tuple(attentions) if attentions is not None else None,
-        )
-        return out if self.config.return_dict_for(return_dict) else out.to_tuple()
+        return run.finish(x, self.layers, (position_embeddings, masks), self.norm, return_dict)
 
 
 class LlamaForCausalLM(CausalLMHead, LlamaPreTrainedModel):
