@@ -334,6 +334,21 @@ class PreTrainedModel(nn.Module):
 
         return generate(self, *args, **kwargs)
 
+    def chat(self, tokenizer, query: str, history: list | None = None, system: str | None = None, **kwargs):
+        """`(response, history)` for one turn, as Qwen-7B-Chat's `model.chat`, for any causal LM with a
+        chat template or a ChatML chat format (see `autolm.generation.chat.chat`)."""
+        from .generation.chat import chat
+
+        return chat(self, tokenizer, query, history, system, **kwargs)
+
+    def chat_stream(
+        self, tokenizer, query: str, history: list | None = None, system: str | None = None, **kwargs
+    ):
+        """The reply so far after each new token, as Qwen-7B-Chat's `model.chat_stream`."""
+        from .generation.chat import chat_stream
+
+        return chat_stream(self, tokenizer, query, history, system, **kwargs)
+
     def compute_transition_scores(self, sequences, scores, beam_indices=None, normalize_logits: bool = False):
         """Per-token scores of generated sequences, as transformers' (see `autolm.generation.transitions`)."""
         from .generation import compute_transition_scores

@@ -57,3 +57,26 @@ def test_bad_history_and_messages(setup):
         autolm.chat(model, tok, "hi", history=["not a message"])
     with pytest.raises(ChatTemplateError):
         autolm.chat(model, tok, "hi", history=[{"content": "no role"}], max_new_tokens=2)
+
+
+def test_model_chat_method_and_stream(setup):
+    model, tok = setup
+    reply, history = autolm.chat(model, tok, "hello there", max_new_tokens=8)
+    assert model.chat(tok, "hello there", max_new_tokens=8) == (reply, history)
+    again, pairs = model.chat(tok, "and then?", history=[("hello there", reply)], max_new_tokens=8)
+    assert pairs == [("hello there", reply), ("and then?", again)]
+    parts = list(model.chat_stream(tok, "hello there", max_new_tokens=8))
+    assert parts and parts[-1].strip() == reply.strip()
+    assert all(b.startswith(a) for a, b in zip(parts, parts[1:]))  # the reply so far, growing
+
+
+def test_chatml_needs_pair_history_and_its_tokens(setup):
+    model, tok = setup
+    model.generation_config.chat_format = "chatml"
+    template, tok.chat_template = tok.chat_template, None
+    try:
+        with pytest.raises(ChatTemplateError, match="pairs"):
+            model.chat(tok, "hi", history=[{"role": "user", "content": "x"}], max_new_tokens=2)
+    finally:
+        tok.chat_template = template
+        model.generation_config.chat_format = None
