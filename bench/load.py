@@ -39,20 +39,21 @@ def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
-lib, path = sys.argv[1], sys.argv[2]
+lib, path, auto = sys.argv[1], sys.argv[2], sys.argv[3]
 import torch
 torch.set_num_threads(2)
-if lib == "autolm":
-    from autolm import AutoModelForCausalLM
-else:
-    from transformers import AutoModelForCausalLM
+Auto = getattr(__import__(lib, fromlist=[auto]), auto)
 t_import = time.perf_counter()
 before = rss()
 t1 = time.perf_counter()
-model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+model = Auto.from_pretrained(path, dtype=torch.float32)
 t2 = time.perf_counter()
+ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
 with torch.inference_mode():
-    model(torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]]))
+    if getattr(model.config, "is_encoder_decoder", False):
+        model(input_ids=ids, decoder_input_ids=ids[:, :1])
+    else:
+        model(ids)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"import_s": t_import - t0, "load_s": t2 - t1, "rss_before": before, "peak": peak,
                   "growth": peak - before, "total_s": time.perf_counter() - t0}))
@@ -71,10 +72,11 @@ def make_checkpoint(directory: Path) -> Path:
     return directory
 
 
-def run_child(lib: str, path: Path) -> dict:
+def run_child(lib: str, path: Path, auto: str = "AutoModelForCausalLM") -> dict:
+    """One fresh process: import `lib` ("autolm" or "transformers"), `auto`.from_pretrained(path), one forward."""
     start = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, lib, str(path)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", CHILD, lib, str(path), auto], capture_output=True, text=True, check=True
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["process_s"] = time.perf_counter() - start
