@@ -40,6 +40,22 @@ _LAYER = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+# Mixture-of-experts layers: the router and each projection of all experts as one 3-D tensor (the family's
+# `sanitize` splits those into one matrix per expert)
+_EXPERTS = {
+    "ffn_gate_inp": "mlp.gate",
+    "ffn_gate_exps": "mlp.experts.gate_proj",
+    "ffn_up_exps": "mlp.experts.up_proj",
+    "ffn_down_exps": "mlp.experts.down_proj",
+}
+# Qwen2-MoE's shared expert and its sigmoid gate
+_SHARED_EXPERT = {
+    "ffn_gate_inp_shexp": "mlp.shared_expert_gate",
+    "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
+    "ffn_up_shexp": "mlp.shared_expert.up_proj",
+    "ffn_down_shexp": "mlp.shared_expert.down_proj",
+}
+_QK_NORMS = {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
 # Tensors llama.cpp writes that have no Hugging Face parameter: precomputed rope factors (llama 3.1+).
 _IGNORED = {"rope_freqs.weight"}
 
@@ -53,17 +69,29 @@ class Family:
     permute_qk: bool = False
     head_dim: bool = False  # whether the transformers config carries `head_dim`
     extra_config: dict = field(default_factory=dict)
+    # MoE families: config defaults for what llama.cpp hard-codes per architecture (None: not MoE)
+    moe: dict | None = None
 
 
 FAMILIES: dict[str, Family] = {
     "llama": Family("llama", "LlamaForCausalLM", _TOP, _LAYER, permute_qk=True, head_dim=True),
     "qwen2": Family("qwen2", "Qwen2ForCausalLM", _TOP, _LAYER),
-    "qwen3": Family(
-        "qwen3",
-        "Qwen3ForCausalLM",
+    "qwen3": Family("qwen3", "Qwen3ForCausalLM", _TOP, _LAYER | _QK_NORMS, head_dim=True),
+    # llama.cpp renormalises qwen3moe's top-k weights and not qwen2moe's (unless expert_weights_norm says)
+    "qwen3moe": Family(
+        "qwen3_moe",
+        "Qwen3MoeForCausalLM",
         _TOP,
-        _LAYER | {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"},
+        _LAYER | _QK_NORMS | _EXPERTS,
         head_dim=True,
+        moe={"norm_topk_prob": True},
+    ),
+    "qwen2moe": Family(
+        "qwen2_moe",
+        "Qwen2MoeForCausalLM",
+        _TOP,
+        _LAYER | _EXPERTS | _SHARED_EXPERT,
+        moe={"norm_topk_prob": False},
     ),
 }
 
@@ -118,7 +146,9 @@ def config_from_gguf(path_or_reader: str | PathLike[str] | GGUFFile) -> dict:
         "architectures": [family.architecture],
         "vocab_size": _vocab_size(gguf),
         "hidden_size": hidden,
-        "intermediate_size": key("feed_forward_length", required=True),
+        # an MoE file without dense layers may leave the dense width out
+        "intermediate_size": key("feed_forward_length", required=family.moe is None)
+        or key("expert_feed_forward_length", required=True),
         "num_hidden_layers": key("block_count", required=True),
         "num_attention_heads": heads,
         "num_key_value_heads": key("attention.head_count_kv", heads),
@@ -133,6 +163,8 @@ def config_from_gguf(path_or_reader: str | PathLike[str] | GGUFFile) -> dict:
     if family.model_type == "llama":
         config["attention_bias"] = "blk.0.attn_q.bias" in gguf.tensors
         config["mlp_bias"] = False
+    if family.moe is not None:
+        config |= _moe_config(gguf, family, key, config["num_hidden_layers"])
 
     rope_theta = key("rope.freq_base", kind=float)
     if rope_theta is None:
@@ -160,6 +192,28 @@ def config_from_gguf(path_or_reader: str | PathLike[str] | GGUFFile) -> dict:
     dtype = _float_dtype(gguf)
     config["torch_dtype"] = config["dtype"] = str(dtype).removeprefix("torch.")
     return config | family.extra_config
+
+
+def _moe_config(gguf: GGUFFile, family: Family, key, layers: int) -> dict:
+    """Expert counts and widths; layers without a router are dense (`mlp_only_layers`)."""
+    config = {
+        "num_experts": key("expert_count", required=True),
+        "num_experts_per_tok": key("expert_used_count", required=True),
+        "moe_intermediate_size": key("expert_feed_forward_length", required=True),
+        "norm_topk_prob": key("expert_weights_norm", family.moe["norm_topk_prob"], kind=bool),
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [i for i in range(layers) if f"blk.{i}.ffn_gate_inp.weight" not in gguf.tensors],
+    }
+    if family.model_type == "qwen2_moe":
+        shared = gguf.tensors.get("blk.0.ffn_gate_shexp.weight")
+        width = key("expert_shared_feed_forward_length")
+        config["shared_expert_intermediate_size"] = width or (
+            int(shared.shape[-1]) if shared is not None else None
+        )
+        config["qkv_bias"] = "blk.0.attn_q.bias" in gguf.tensors
+    else:
+        config["attention_bias"] = "blk.0.attn_q.bias" in gguf.tensors
+    return config
 
 
 def _vocab_size(gguf: GGUFFile) -> int:

@@ -72,6 +72,16 @@ MODELS: dict[str, dict] = {
             "sequence_classification": "Qwen3ForSequenceClassification",
         },
     },
+    "qwen2_moe": {
+        "module": "qwen2_moe",
+        "config": "Qwen2MoeConfig",
+        "tasks": {"base": "Qwen2MoeModel", "causal_lm": "Qwen2MoeForCausalLM"},
+    },
+    "qwen3_moe": {
+        "module": "qwen3_moe",
+        "config": "Qwen3MoeConfig",
+        "tasks": {"base": "Qwen3MoeModel", "causal_lm": "Qwen3MoeForCausalLM"},
+    },
     "bert": {
         "module": "bert",
         "config": "BertConfig",

@@ -179,6 +179,7 @@ class LlamaPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     attention_class: type[nn.Module] = LlamaAttention
+    decoder_layer_class: type[nn.Module] = LlamaDecoderLayer  # MoE families build their own layers
 
 
 class LlamaModel(CacheMaker, LlamaPreTrainedModel):
@@ -189,7 +190,7 @@ class LlamaModel(CacheMaker, LlamaPreTrainedModel):
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, i, self.attention_class) for i in range(config.num_hidden_layers)
+            self.decoder_layer_class(config, i, self.attention_class) for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
