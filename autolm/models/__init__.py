@@ -75,12 +75,20 @@ MODELS: dict[str, dict] = {
     "qwen2_moe": {
         "module": "qwen2_moe",
         "config": "Qwen2MoeConfig",
-        "tasks": {"base": "Qwen2MoeModel", "causal_lm": "Qwen2MoeForCausalLM"},
+        "tasks": {
+            "base": "Qwen2MoeModel",
+            "causal_lm": "Qwen2MoeForCausalLM",
+            "sequence_classification": "Qwen2MoeForSequenceClassification",
+        },
     },
     "qwen3_moe": {
         "module": "qwen3_moe",
         "config": "Qwen3MoeConfig",
-        "tasks": {"base": "Qwen3MoeModel", "causal_lm": "Qwen3MoeForCausalLM"},
+        "tasks": {
+            "base": "Qwen3MoeModel",
+            "causal_lm": "Qwen3MoeForCausalLM",
+            "sequence_classification": "Qwen3MoeForSequenceClassification",
+        },
     },
     "bert": {
         "module": "bert",

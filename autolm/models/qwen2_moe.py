@@ -3,6 +3,7 @@ with a sparse top-k mixture of experts plus a shared expert behind a sigmoid gat
 
 from __future__ import annotations
 
+from .heads import SequenceClassificationHead
 from .layers import Linear
 from .llama import LlamaAttention, LlamaModel, LlamaPreTrainedModel
 from .moe import MoeCausalLMHead, MoeDecoderLayer, MoeModelMixin, MoeSanitize
@@ -72,4 +73,8 @@ Qwen2MoePreTrainedModel.base_model_class = Qwen2MoeModel
 
 
 class Qwen2MoeForCausalLM(MoeCausalLMHead, Qwen2MoePreTrainedModel):
+    pass
+
+
+class Qwen2MoeForSequenceClassification(SequenceClassificationHead, Qwen2MoePreTrainedModel):
     pass

@@ -4,6 +4,7 @@ with a sparse top-k mixture of experts in place of the MLP (moe.py); dense MLP l
 
 from __future__ import annotations
 
+from .heads import SequenceClassificationHead
 from .llama import LlamaModel, LlamaPreTrainedModel
 from .moe import MoeCausalLMHead, MoeDecoderLayer, MoeModelMixin, MoeSanitize
 from .qwen2 import Qwen2Config
@@ -67,4 +68,8 @@ Qwen3MoePreTrainedModel.base_model_class = Qwen3MoeModel
 
 
 class Qwen3MoeForCausalLM(MoeCausalLMHead, Qwen3MoePreTrainedModel):
+    pass
+
+
+class Qwen3MoeForSequenceClassification(SequenceClassificationHead, Qwen3MoePreTrainedModel):
     pass
