@@ -72,6 +72,11 @@ MODELS: dict[str, dict] = {
             "sequence_classification": "Qwen3ForSequenceClassification",
         },
     },
+    "qwen": {
+        "module": "qwen",
+        "config": "QWenConfig",
+        "tasks": {"base": "QWenModel", "causal_lm": "QWenLMHeadModel"},
+    },
     "bert": {
         "module": "bert",
         "config": "BertConfig",
