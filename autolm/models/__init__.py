@@ -90,6 +90,11 @@ MODELS: dict[str, dict] = {
             "sequence_classification": "Qwen3MoeForSequenceClassification",
         },
     },
+    "qwen": {
+        "module": "qwen",
+        "config": "QWenConfig",
+        "tasks": {"base": "QWenModel", "causal_lm": "QWenLMHeadModel"},
+    },
     "bert": {
         "module": "bert",
         "config": "BertConfig",
