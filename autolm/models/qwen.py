@@ -19,9 +19,9 @@ from ..configuration import PretrainedConfig
 from ..errors import AutolmValueError, ConfigError
 from ..kernels.decoder import Decoder, Layer, Projection
 from ..modeling_utils import ModelOutput, PreTrainedModel
-from .cache import DynamicCache, StaticCache
 from .heads import CausalLMHead
 from .layers import Linear, RMSNorm, attention, attention_masks, positions_and_masks, rms_norm, same_code
+from .stack import CacheMaker, StackRun
 
 
 class QWenConfig(PretrainedConfig):
@@ -189,7 +189,7 @@ class QWenBlock(nn.Module):
         self.ln_2 = RMSNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = QWenMLP(config)
 
-    def forward(self, x, rotary, logn, masks, cache) -> torch.Tensor:
+    def forward(self, x, rotary, logn, masks, cache, attentions=None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), rotary, logn, masks, cache)
         return x + self.mlp(self.ln_2(x))
 
@@ -205,7 +205,7 @@ class QWenPreTrainedModel(PreTrainedModel):
         return {k: v for k, v in state_dict.items() if not k.endswith(drop)}
 
 
-class QWenModel(QWenPreTrainedModel):
+class QWenModel(CacheMaker, QWenPreTrainedModel):
     def __init__(self, config: QWenConfig):
         super().__init__(config)
         self.wte = nn.Embedding(config.embedding_size, config.n_embd)
@@ -213,19 +213,13 @@ class QWenModel(QWenPreTrainedModel):
         self.h = nn.ModuleList(QWenBlock(config, i) for i in range(config.n_layer))
         self.ln_f = RMSNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.rotary_emb = QWenRotary(config)
+        self.gradient_checkpointing = False
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.wte
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.wte = value
-
-    def make_cache(self, batch_size: int, max_cache_len: int | None = None, dtype=None, device=None):
-        if max_cache_len is None:
-            return DynamicCache()
-        dtype = dtype or self.wte.weight.dtype
-        device = device or self.wte.weight.device
-        return StaticCache(self.config, batch_size, max_cache_len, device=device, dtype=dtype)
 
     def logn(self, position_ids: torch.Tensor) -> torch.Tensor | None:
         """Per-position query scale log(p + 1) / log(seq_length) past seq_length (1 before); None when off
@@ -252,21 +246,13 @@ class QWenModel(QWenPreTrainedModel):
         cache_position: torch.LongTensor | None = None,
         **kwargs,
     ) -> ModelOutput | tuple:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise AutolmValueError("Pass exactly one of input_ids or inputs_embeds.")
         if output_attentions:
             raise AutolmValueError("output_attentions is not supported for Qwen; call without it.")
-        c = self.config
-        past_key_values = kwargs.get("cache", past_key_values)
-        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
-        B, T = x.shape[:2]
-        use_cache = c.use_cache if use_cache is None else use_cache
-        output_hidden_states = (
-            c.output_hidden_states if output_hidden_states is None else output_hidden_states
+        run = StackRun.start(
+            self, input_ids, inputs_embeds, past_key_values, use_cache, output_hidden_states, False, kwargs
         )
-        cache = past_key_values
-        if cache is None and use_cache:
-            cache = self.make_cache(B)
+        x, c, cache = run.x, self.config, run.cache
+        B, T = x.shape[:2]
         past = 0 if cache is None else cache.get_seq_length()
         if cache_position is not None:
             past = int(cache_position[0])
@@ -279,22 +265,7 @@ class QWenModel(QWenPreTrainedModel):
             self.rotary_emb.alpha = 1.0
         rotary = self.rotary_emb(x, positions)
         logn = self.logn(positions)
-        x = self.drop(x)
-        hidden_states = [x] if output_hidden_states else None
-        for block in self.h:
-            x = block(x, rotary, logn, masks, cache)
-            if hidden_states is not None:
-                hidden_states.append(x)
-        x = self.ln_f(x)
-        if hidden_states is not None:
-            hidden_states[-1] = x
-        out = ModelOutput(
-            last_hidden_state=x,
-            past_key_values=cache if use_cache else None,
-            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
-            attentions=None,
-        )
-        return out if c.return_dict_for(return_dict) else out.to_tuple()
+        return run.finish(self.drop(x), self.h, (rotary, logn, masks), self.ln_f, return_dict)
 
 
 QWenPreTrainedModel.base_model_class = QWenModel
