@@ -26,6 +26,7 @@ _EXPORTS = {
     "PreTrainedModel": "modeling_utils",
     "AutoTokenizer": "tokenization",
     "PreTrainedTokenizerFast": "tokenization",
+    "QWenTokenizer": "tokenization",
     "TextStreamer": "generation",
     "TextIteratorStreamer": "generation",
     "pipeline": "pipelines",

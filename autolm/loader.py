@@ -116,8 +116,8 @@ def load_pretrained(
         if repo is None:
             raise AutolmValueError("Pass a model name or path, or state_dict= together with config=.")
         state_dict = load_checkpoint(checkpoint_files(repo, from_tf=from_tf))
-    target_dtype = resolve_dtype(target_dtype, config, state_dict)
     device = resolve_device(device_map)
+    target_dtype = resolve_dtype(target_dtype, config, state_dict, device)
 
     if device.type == "cpu":
         kernels.build_in_background()  # compiles while the weights load, when this version is not built
@@ -229,8 +229,11 @@ def _load_config(cls, config, name, gguf_file, hub_kwargs, kwargs) -> tuple[Pret
     )
 
 
-def resolve_dtype(dtype, config: PretrainedConfig, state_dict: dict | None) -> torch.dtype:
-    """The dtype to load in: "auto"/None read the config's dtype (else the checkpoint's, else float32)."""
+def resolve_dtype(dtype, config: PretrainedConfig, state_dict: dict | None, device=None) -> torch.dtype:
+    """The dtype to load in: "auto"/None read the config's dtype (else the checkpoint's, else float32); a
+    family whose config carries its own rule (Qwen-1's bf16/fp16/fp32 flags: `flag_dtype`) follows it."""
+    if (dtype is None or dtype == "auto") and hasattr(config, "flag_dtype"):
+        return config.flag_dtype(device)
     if dtype is None or dtype == "auto":
         name = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
         if name is not None:

@@ -63,10 +63,15 @@ def chatml_context(
     many of the latest (query, response) pairs as keep the prompt under `max_window_size` tokens, then
     the query and the assistant's opening. Returns (the prompt's text, its token ids)."""
     start, end = _special_id(tokenizer, "<|im_start|>"), _special_id(tokenizer, "<|im_end|>")
-    newline = tokenizer.encode("\n")
+
+    def encode(text: str) -> list[int]:
+        # special-token text inside a message is text, never a control token (later Qwen revisions)
+        return tokenizer.encode(text, allowed_special=set())
+
+    newline = encode("\n")
 
     def turn(role: str, content: str) -> tuple[str, list[int]]:
-        ids = [start, *tokenizer.encode(role), *newline, *tokenizer.encode(content), end]
+        ids = [start, *encode(role), *newline, *encode(content), end]
         return f"<|im_start|>{role}\n{content}<|im_end|>", ids
 
     system_text, system_ids = turn("system", system)
@@ -81,7 +86,7 @@ def chatml_context(
             break
         ids, text = pair + ids, f"\n{query_text}\n{response_text}" + text
     query_text, query_ids = turn("user", query)
-    ids = [*system_ids, *ids, *newline, *query_ids, *newline, start, *tokenizer.encode("assistant"), *newline]
+    ids = [*system_ids, *ids, *newline, *query_ids, *newline, start, *encode("assistant"), *newline]
     text = f"{system_text}{text}\n{query_text}\n<|im_start|>assistant\n"
     return text, ids
 

@@ -87,14 +87,15 @@ class QWenConfig(PretrainedConfig):
         # the first revision sizes the embedding by padded_vocab_size, later ones by vocab_size
         return getattr(self, "padded_vocab_size", None) or self.vocab_size
 
-    def flag_dtype(self) -> torch.dtype:
-        """The dtype the repo's code picks: its bf16/fp16/fp32 flag, else bf16 or fp16 on a GPU that runs
-        them fast, else float32."""
+    def flag_dtype(self, device: torch.device | None = None) -> torch.dtype:
+        """The dtype the repo's code picks when the caller names none: its bf16/fp16/fp32 flag, else bf16 or
+        fp16 on a GPU that runs them fast, else float32 (always float32 on the CPU)."""
         if self.bf16:
             return torch.bfloat16
         if self.fp16:
             return torch.float16
-        if self.fp32 or not torch.cuda.is_available():
+        on_gpu = torch.cuda.is_available() and (device is None or device.type == "cuda")
+        if self.fp32 or not on_gpu:
             return torch.float32
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16

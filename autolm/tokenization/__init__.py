@@ -8,6 +8,13 @@ from __future__ import annotations
 from .auto import AutoTokenizer
 from .batch_encoding import BatchEncoding
 from .chat_template import render_chat_template
+from .qwen import QWenTokenizer
 from .tokenizer import PreTrainedTokenizerFast
 
-__all__ = ["AutoTokenizer", "BatchEncoding", "PreTrainedTokenizerFast", "render_chat_template"]
+__all__ = [
+    "AutoTokenizer",
+    "BatchEncoding",
+    "PreTrainedTokenizerFast",
+    "QWenTokenizer",
+    "render_chat_template",
+]

@@ -45,11 +45,12 @@ TOKENIZER_CLASSES: dict[str, tuple[dict[str, Any], str]] = {
     "T5Tokenizer": (_T5, "t5"),
     "BertTokenizer": (_BERT, "wordpiece"),
     "DistilBertTokenizer": (_BERT, "wordpiece"),
+    "QWenTokenizer": ({}, "qwen"),
     "PreTrainedTokenizerFast": ({}, "auto"),
     "TokenizersBackend": ({}, "auto"),
 }
 # config.json's model_type -> tokenizer class, for repos whose tokenizer_config.json names none (as transformers)
-MODEL_TYPE_TOKENIZERS = {"t5": "T5Tokenizer", "mt5": "T5Tokenizer"}
+MODEL_TYPE_TOKENIZERS = {"t5": "T5Tokenizer", "mt5": "T5Tokenizer", "qwen": "QWenTokenizer"}
 
 
 class AutoTokenizer:
@@ -149,6 +150,8 @@ def load_tokenizer(
     try:
         if recipe == "t5":
             return _load_t5(cls, repo, tokenizer_json, init, kwargs)
+        if recipe == "qwen":
+            return _load_qwen(cls, repo, init)
         if tokenizer_json is not None:
             return cls(tokenizer_file=tokenizer_json, **init)
         backend, extra_added = _build_backend(repo, recipe, init)
@@ -263,6 +266,30 @@ def _load_t5(
         single=["$A", "</s>"], pair=["$A", "</s>", "$B", "</s>"], special_tokens=[("</s>", tok.eos_token_id)]
     )
     return tok
+
+
+def _load_qwen(cls: type, repo: Repo, init: dict[str, Any]):
+    """Qwen-1's qwen.tiktoken; which revision of its tokenizer code the repo has is read from that file's text
+    (never imported): the revisions number and treat special tokens differently."""
+    from .qwen import VOCAB_FILE, QWenTokenizer, layout_of_code, read_ranks
+
+    vocab = repo.get_optional(VOCAB_FILE)
+    if vocab is None:
+        raise TokenizerError(
+            f"{repo.name} names QWenTokenizer but has no {VOCAB_FILE}; download the repo's {VOCAB_FILE} too.",
+            files=[str(repo.name)],
+        )
+    if not init.get("special_tokens_layout"):
+        code = repo.get_optional("tokenization_qwen.py")
+        source = code.read_text(encoding="utf-8", errors="replace") if code is not None else None
+        init["special_tokens_layout"] = layout_of_code(source, len(read_ranks(vocab)))
+    for key in ("tokenizer_class", "_chat_template_source", "added_tokens_decoder"):
+        init.pop(key, None)
+    extra = init.pop("extra_vocab_file", None)
+    if extra is not None and not Path(extra).is_absolute():
+        extra = repo.get(extra)
+    target = cls if isinstance(cls, type) and issubclass(cls, QWenTokenizer) else QWenTokenizer
+    return target(vocab, extra_vocab_file=extra, **init)
 
 
 def _t5_extra_special_tokens(

@@ -81,7 +81,92 @@ def _added_token_dict(token: AddedToken) -> dict:
     }
 
 
-class PreTrainedTokenizerFast:
+class PaddingMixin:
+    """Padding and truncation arguments resolved the way transformers resolves them, and `pad`; shared by
+    every tokenizer class here. Needs `model_max_length`, `padding_side`, `model_input_names`, `pad_token_id`."""
+
+    def _strategies(
+        self, padding: bool | str, truncation: bool | str | None, max_length: int | None
+    ) -> tuple[str | None, str | None, int | None]:
+        """Resolve the padding/truncation arguments the way transformers does."""
+        if padding is True or padding == "longest":
+            pad = "longest"
+        elif padding == "max_length":
+            pad = "max_length"
+        elif padding in (False, None, "do_not_pad"):
+            pad = None
+        else:
+            raise TokenizerError(f"padding={padding!r} is not one of True, 'longest', 'max_length', False.")
+        if truncation is None and max_length is not None and pad is None:
+            truncation = True  # transformers truncates when only max_length is given
+        if truncation is True:
+            trunc = "longest_first"
+        elif truncation in (False, None, "do_not_truncate"):
+            trunc = None
+        elif truncation in ("longest_first", "only_first", "only_second"):
+            trunc = truncation
+        else:
+            raise TokenizerError(
+                f"truncation={truncation!r} is not one of True, 'longest_first', 'only_first', ..."
+            )
+        if max_length is None and (pad == "max_length" or trunc is not None):
+            if self.model_max_length > LARGE_INTEGER:
+                # The model states no limit: nothing to cut, and "max_length" padding has no length
+                trunc = None
+                if pad == "max_length":
+                    pad = "longest"
+            else:
+                max_length = self.model_max_length
+        return pad, trunc, max_length
+
+    def pad(
+        self,
+        encoded_inputs: dict[str, list] | list[dict[str, list]],
+        padding: bool | str = True,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_attention_mask: bool | None = None,
+        return_tensors: str | None = None,
+    ) -> BatchEncoding:
+        """Pad already-encoded sequences (a dict of lists, or a list of dicts) to one length."""
+        if isinstance(encoded_inputs, (list, tuple)):
+            encoded_inputs = {k: [e[k] for e in encoded_inputs] for k in encoded_inputs[0]}
+        ids = [_as_list(x) for x in encoded_inputs["input_ids"]]
+        pad, _, max_length = self._strategies(padding, False, max_length)
+        if pad is not None and self.pad_token_id is None:
+            raise TokenizerError(
+                "Padding was asked for but the tokenizer has no pad token. Set one, e.g. "
+                "`tokenizer.pad_token = tokenizer.eos_token`, or call add_special_tokens({'pad_token': '[PAD]'})."
+            )
+        target = max(len(x) for x in ids) if pad != "max_length" else max_length
+        if pad is None:
+            target = 0
+        if pad_to_multiple_of and target % pad_to_multiple_of:
+            target += pad_to_multiple_of - target % pad_to_multiple_of
+        side = padding_side or self.padding_side
+        out: dict[str, list] = {k: [] for k in encoded_inputs}
+        if return_attention_mask is not False and "attention_mask" in self.model_input_names:
+            out.setdefault("attention_mask", [])
+        fill = {
+            "input_ids": self.pad_token_id,
+            "attention_mask": 0,
+            "token_type_ids": 0,
+            "special_tokens_mask": 1,
+        }
+        for i, seq in enumerate(ids):
+            missing = max(0, target - len(seq))
+            for key in out:
+                if key == "attention_mask" and "attention_mask" not in encoded_inputs:
+                    value = [1] * len(seq)
+                else:
+                    value = _as_list(encoded_inputs[key][i])
+                padding_values = [fill.get(key, 0)] * missing
+                out[key].append(padding_values + value if side == "left" else value + padding_values)
+        return BatchEncoding(out, tensor_type=return_tensors)
+
+
+class PreTrainedTokenizerFast(PaddingMixin):
     """A fast tokenizer with transformers' API, backed by a `tokenizers.Tokenizer`.
 
     Build it with `AutoTokenizer.from_pretrained(...)`, or directly:
@@ -495,40 +580,6 @@ class PreTrainedTokenizerFast:
             data = {k: (v if k == "length" else v[0]) for k, v in data.items()}
         return BatchEncoding(data, encodings=sequences, tensor_type=return_tensors)
 
-    def _strategies(
-        self, padding: bool | str, truncation: bool | str | None, max_length: int | None
-    ) -> tuple[str | None, str | None, int | None]:
-        """Resolve the padding/truncation arguments the way transformers does."""
-        if padding is True or padding == "longest":
-            pad = "longest"
-        elif padding == "max_length":
-            pad = "max_length"
-        elif padding in (False, None, "do_not_pad"):
-            pad = None
-        else:
-            raise TokenizerError(f"padding={padding!r} is not one of True, 'longest', 'max_length', False.")
-        if truncation is None and max_length is not None and pad is None:
-            truncation = True  # transformers truncates when only max_length is given
-        if truncation is True:
-            trunc = "longest_first"
-        elif truncation in (False, None, "do_not_truncate"):
-            trunc = None
-        elif truncation in ("longest_first", "only_first", "only_second"):
-            trunc = truncation
-        else:
-            raise TokenizerError(
-                f"truncation={truncation!r} is not one of True, 'longest_first', 'only_first', ..."
-            )
-        if max_length is None and (pad == "max_length" or trunc is not None):
-            if self.model_max_length > LARGE_INTEGER:
-                # The model states no limit: nothing to cut, and "max_length" padding has no length
-                trunc = None
-                if pad == "max_length":
-                    pad = "longest"
-            else:
-                max_length = self.model_max_length
-        return pad, trunc, max_length
-
     def encode(
         self,
         text: str | list[str],
@@ -552,47 +603,6 @@ class PreTrainedTokenizerFast:
             **kwargs,
         )
         return enc["input_ids"]
-
-    def pad(
-        self,
-        encoded_inputs: dict[str, list] | list[dict[str, list]],
-        padding: bool | str = True,
-        max_length: int | None = None,
-        pad_to_multiple_of: int | None = None,
-        padding_side: str | None = None,
-        return_attention_mask: bool | None = None,
-        return_tensors: str | None = None,
-    ) -> BatchEncoding:
-        """Pad already-encoded sequences (a dict of lists, or a list of dicts) to one length."""
-        if isinstance(encoded_inputs, (list, tuple)):
-            encoded_inputs = {k: [e[k] for e in encoded_inputs] for k in encoded_inputs[0]}
-        ids = [_as_list(x) for x in encoded_inputs["input_ids"]]
-        pad, _, max_length = self._strategies(padding, False, max_length)
-        target = max(len(x) for x in ids) if pad != "max_length" else max_length
-        if pad is None:
-            target = 0
-        if pad_to_multiple_of and target % pad_to_multiple_of:
-            target += pad_to_multiple_of - target % pad_to_multiple_of
-        side = padding_side or self.padding_side
-        out: dict[str, list] = {k: [] for k in encoded_inputs}
-        if return_attention_mask is not False and "attention_mask" in self.model_input_names:
-            out.setdefault("attention_mask", [])
-        fill = {
-            "input_ids": self.pad_token_id,
-            "attention_mask": 0,
-            "token_type_ids": 0,
-            "special_tokens_mask": 1,
-        }
-        for i, seq in enumerate(ids):
-            missing = max(0, target - len(seq))
-            for key in out:
-                if key == "attention_mask" and "attention_mask" not in encoded_inputs:
-                    value = [1] * len(seq)
-                else:
-                    value = _as_list(encoded_inputs[key][i])
-                padding_values = [fill.get(key, 0)] * missing
-                out[key].append(padding_values + value if side == "left" else value + padding_values)
-        return BatchEncoding(out, tensor_type=return_tensors)
 
     # --- decoding -----------------------------------------------------------------------------
 
