@@ -66,7 +66,7 @@ CASES = [(f, layout, norm) for f in FAMILIES for layout in LAYOUTS for norm in (
 
 
 @pytest.mark.parametrize("family,layout,norm", CASES, ids=[f"{f}-{lay}-norm{int(n)}" for f, lay, n in CASES])
-def test_logits_and_greedy_ids_match_transformers(tmp_path, family, layout, norm):
+def test_logits_and_greedy_ids_match_transformers(tmp_path, family, layout, norm, native_steps):
     ref = reference(family, norm_topk_prob=norm, **LAYOUTS[layout])
     ref.save_pretrained(tmp_path)
     model, info = autolm.AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
@@ -80,6 +80,34 @@ def test_logits_and_greedy_ids_match_transformers(tmp_path, family, layout, norm
     assert (got - want)[mask.bool()].abs().max().item() <= 1e-5
     args = dict(attention_mask=mask, max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0)
     assert torch.equal(model.generate(ids, **args), ref.generate(ids, **args))
+    assert len(native_steps) == 15  # the decode steps ran on the native step, routing in C
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_step_computes_what_the_torch_forward_does(tmp_path, family, dtype, native_kernels):
+    """One decode step of a batch of rows that chose different experts, through the C kernel, equals
+    the family's torch forward (float32 to 1e-5; bfloat16 rounds at the same points)."""
+    import copy
+
+    from autolm.kernels.decoder import native_decoder
+
+    reference(family, mlp_only_layers=[1]).save_pretrained(tmp_path)
+    model = autolm.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=dtype)
+    ids, mask = batch()
+    ids, mask = torch.cat([ids, ids.flip(1)]), torch.cat([mask, torch.ones_like(mask)])
+    with torch.no_grad():
+        cache = model.make_cache(4)
+        model(ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+        token = torch.tensor([5, 7, 9, 11])
+        full = torch.cat([mask, torch.ones(4, 1, dtype=mask.dtype)], 1)
+        position = (full.cumsum(-1) - 1)[:, -1:]
+        expected = model(
+            token[:, None], attention_mask=full, position_ids=position, past_key_values=copy.deepcopy(cache)
+        ).logits[:, -1]
+        got = native_decoder(model).step(token, position, full, cache)
+    tolerance = 1e-5 if dtype == torch.float32 else 0.02  # one bfloat16 step at these magnitudes
+    assert (got - expected.float()).abs().max().item() <= tolerance
 
 
 @pytest.mark.parametrize("family", FAMILIES)

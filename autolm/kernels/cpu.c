@@ -236,6 +236,17 @@ typedef struct {
 
 enum { ACT_SILU = 0, ACT_GELU_TANH = 1, ACT_GELU = 2, ACT_RELU = 3 };
 
+/* A sparse mixture-of-experts MLP (kernels/decoder.py `Moe`): a router, n_experts gated MLPs of `inter`
+ * rows ({gate, up, down} each, in `experts`), top_k of them per row; optionally a shared expert (shared_up.w
+ * not NULL) of `shared_inter` rows behind a sigmoid gate (`shared_router`, one row). */
+typedef struct {
+    proj router;
+    const proj *experts;
+    int64_t n_experts, top_k, normalize, inter;
+    proj shared_gate, shared_up, shared_down, shared_router;
+    int64_t shared_inter;
+} moe_desc;
+
 typedef struct {
     normd attn_norm, q_norm, k_norm, attn_out_norm, mlp_norm, mlp_out_norm;
     proj q, k, v, o, gate, up, down;
@@ -244,6 +255,7 @@ typedef struct {
     const uint8_t *mask; /* NULL: every slot in [0, S) is attended; else nonzero where a key may be */
     int64_t mb, ms;      /* mask strides over (B, S) */
     void *k_cache, *v_cache;
+    const moe_desc *moe; /* not NULL: the MLP is this mixture of experts (gate/up/down unused) */
 } decoder_layer;
 
 INLINE float rnd(float v, int t) { /* the value a tensor of dtype t holds for v */
@@ -436,6 +448,103 @@ INLINE void residual_product(float *xs, float *tmp, const float *in, const float
     }
 }
 
+/* One row's routing: softmax (float32) over the router's logits, the top k (ties: lower index first),
+ * renormalised over the k when asked, rounded to t, then ordered by expert index, the order the torch
+ * code adds the experts' outputs in. */
+INLINE void route_row(const float *logits, int64_t NE, int64_t k, int64_t normalize, int64_t *chosen, float *wts,
+                      int t) {
+    float top = -INFINITY, total = 0.0f, probs[NE];
+    for (int64_t e = 0; e < NE; e++) top = logits[e] > top ? logits[e] : top;
+    for (int64_t e = 0; e < NE; e++) total += probs[e] = expf(logits[e] - top);
+    for (int64_t e = 0; e < NE; e++) probs[e] /= total;
+    float sum = 0.0f;
+    for (int64_t j = 0; j < k; j++) {
+        int64_t best = -1;
+        for (int64_t e = 0; e < NE; e++) {
+            int taken = 0;
+            for (int64_t i = 0; i < j; i++) taken |= chosen[i] == e;
+            if (!taken && (best < 0 || probs[e] > probs[best])) best = e;
+        }
+        chosen[j] = best;
+        sum += wts[j] = probs[best];
+    }
+    for (int64_t j = 0; j < k; j++) wts[j] = rnd(normalize ? wts[j] / sum : wts[j], t);
+    for (int64_t j = 1; j < k; j++) /* insertion sort by expert index */
+        for (int64_t i = j; i > 0 && chosen[i - 1] > chosen[i]; i--) {
+            int64_t e = chosen[i];
+            float w = wts[i];
+            chosen[i] = chosen[i - 1], wts[i] = wts[i - 1];
+            chosen[i - 1] = e, wts[i - 1] = w;
+        }
+}
+
+typedef struct { /* scratch for the sparse MLPs of one step */
+    float *logits, *wts, *act, *actp, *shared, *sharedp, *sgate;
+    int64_t *chosen;
+} moe_scratch;
+
+/* xs += the mixture of experts of h (B rows, normed; hp deinterleaved), as the torch code computes it: each
+ * chosen expert's output rounded, times its weight rounded, added in expert order; then the shared expert
+ * times its sigmoid gate; then the residual. Only the chosen experts' rows are read. Called inside the
+ * parallel region. */
+INLINE void moe_mlp(float *xs, const float *h, const float *hp, const moe_desc *mo, int64_t act_kind, int64_t B,
+                    int64_t E, int t, const moe_scratch *sc) {
+    const int64_t NE = mo->n_experts, k = mo->top_k, MI = mo->inter, SI = mo->shared_up.w ? mo->shared_inter : 0;
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < NE + (SI ? 1 : 0); n++)
+        for (int64_t m = 0; m < B; m++) {
+            if (n < NE) sc->logits[m * NE + n] = rnd(proj_row(&mo->router, n, h + m * E, hp + m * E, E), t);
+            else sc->sgate[m] = rnd(proj_row(&mo->shared_router, 0, h + m * E, hp + m * E, E), t);
+        }
+#pragma omp single
+    for (int64_t m = 0; m < B; m++) {
+        route_row(sc->logits + m * NE, NE, k, mo->normalize, sc->chosen + m * k, sc->wts + m * k, t);
+        if (SI) sc->sgate[m] = rnd(1.0f / (1.0f + expf(-sc->sgate[m])), t);
+    }
+    const int64_t routed = B * k * MI;
+#pragma omp for schedule(static)
+    for (int64_t idx = 0; idx < routed + B * SI; idx++) {
+        const proj *gate, *up;
+        const float *x, *xp;
+        float *out;
+        int64_t i;
+        if (idx < routed) {
+            const int64_t slot = idx / MI, m = slot / k;
+            i = idx % MI;
+            gate = mo->experts + 3 * sc->chosen[slot], up = gate + 1;
+            x = h + m * E, xp = hp + m * E, out = sc->act + slot * MI + i;
+        } else {
+            const int64_t m = (idx - routed) / SI;
+            i = (idx - routed) % SI;
+            gate = &mo->shared_gate, up = &mo->shared_up;
+            x = h + m * E, xp = hp + m * E, out = sc->shared + m * SI + i;
+        }
+        const float g = rnd(proj_row(gate, i, x, xp, E), t), u = rnd(proj_row(up, i, x, xp, E), t);
+        *out = rnd(rnd(activate(g, act_kind), t) * u, t);
+    }
+#pragma omp single
+    {
+        prepare(sc->act, sc->actp, B * k, MI);
+        if (SI) prepare(sc->shared, sc->sharedp, B, SI);
+    }
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < E; n++)
+        for (int64_t m = 0; m < B; m++) {
+            float acc = 0.0f;
+            for (int64_t j = 0; j < k; j++) {
+                const int64_t slot = m * k + j;
+                const proj *down = mo->experts + 3 * sc->chosen[slot] + 2;
+                const float y = rnd(proj_row(down, n, sc->act + slot * MI, sc->actp + slot * MI, MI), t);
+                acc = rnd(acc + rnd(y * sc->wts[slot], t), t);
+            }
+            if (SI) {
+                const float y = rnd(proj_row(&mo->shared_down, n, sc->shared + m * SI, sc->sharedp + m * SI, SI), t);
+                acc = rnd(acc + rnd(sc->sgate[m] * y, t), t);
+            }
+            xs[m * E + n] = rnd(xs[m * E + n] + acc, t);
+        }
+}
+
 INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, int64_t L, void *x, int64_t B,
                         const void *cos, const void *sin, const int64_t *cst, int64_t slot, int64_t S,
                         int nthreads, int t) {
@@ -449,6 +558,22 @@ INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, in
     const int64_t cols = NQKV > I ? (NQKV > E ? NQKV : E) : (I > E ? I : E);
     float *scratch = malloc(sizeof(float) * (nthreads > 0 ? nthreads : 1) * B * cols); /* transposed products */
     for (int64_t i = 0; i < B * E; i++) xs[i] = load1(x, i, t);
+    int64_t ne = 0, kmi = 0, kk = 0, si = 0; /* the sparse layers' largest sizes, for their scratch */
+    for (int64_t l = 0; l < L; l++) {
+        const moe_desc *mo = layers[l].moe;
+        if (!mo) continue;
+        ne = mo->n_experts > ne ? mo->n_experts : ne;
+        kk = mo->top_k > kk ? mo->top_k : kk;
+        kmi = mo->top_k * mo->inter > kmi ? mo->top_k * mo->inter : kmi;
+        si = mo->shared_up.w && mo->shared_inter > si ? mo->shared_inter : si;
+    }
+    moe_scratch sc = {0};
+    if (ne) {
+        sc.logits = malloc(sizeof(float) * B * (ne + kk + 2 * kmi + 2 * si + 1));
+        sc.wts = sc.logits + B * ne, sc.act = sc.wts + B * kk, sc.actp = sc.act + B * kmi;
+        sc.shared = sc.actp + B * kmi, sc.sharedp = sc.shared + B * si, sc.sgate = sc.sharedp + B * si;
+        sc.chosen = malloc(sizeof(int64_t) * B * kk);
+    }
 
 #pragma omp parallel num_threads(nthreads)
     for (int64_t l = 0; l < L; l++) {
@@ -522,6 +647,10 @@ INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, in
         residual_product(xs, tmp, att, hp, &ly->o, &ly->attn_out_norm, B, E, NQ, t, scratch);
 #pragma omp single
         norm_rows(xs, &ly->mlp_norm, h, hp, B, E, t);
+        if (ly->moe) {
+            moe_mlp(xs, h, hp, ly->moe, ly->act, B, E, t, &sc);
+            continue;
+        }
         if (ly->up.transposed) {
             column_products(&ly->up, h, B, E, I, act, I, t, scratch);
             if (ly->gate.w) column_products(&ly->gate, h, B, E, I, gates, I, t, scratch);
@@ -547,6 +676,8 @@ INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, in
         residual_product(xs, tmp, act, hp, &ly->down, &ly->mlp_out_norm, B, E, I, t, scratch);
     }
     for (int64_t i = 0; i < B * E; i++) store1(x, i, xs[i], t);
+    free(sc.logits);
+    free(sc.chosen);
     free(scratch);
     free(xs);
 }

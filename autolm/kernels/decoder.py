@@ -59,6 +59,21 @@ class Projection:
 
 
 @dataclass
+class Moe:
+    """A sparse mixture-of-experts MLP: softmax (float32) over `router`'s logits, each row's `top_k` experts
+    (their weights renormalised over the k when `normalize`, then rounded to the model's dtype), each a
+    gated MLP (gate, up, down), added in expert order; with `shared`, a gated MLP every row goes through,
+    scaled by sigmoid(`shared_gate` x) (Qwen2-MoE)."""
+
+    router: Projection
+    experts: list[tuple[Projection, Projection, Projection]]
+    top_k: int
+    normalize: bool
+    shared: tuple[Projection, Projection, Projection] | None = None
+    shared_gate: Projection | None = None
+
+
+@dataclass
 class Layer:
     attn_norm: Norm
     q: Projection
@@ -66,9 +81,9 @@ class Layer:
     v: Projection
     o: Projection
     mlp_norm: Norm
-    up: Projection
-    down: Projection
     scaling: float
+    up: Projection | None = None  # None only with `moe`
+    down: Projection | None = None
     gate: Projection | None = None  # None: a plain MLP, act(up(x))
     activation: str = "silu"
     q_norm: Norm | None = None  # per head, before rotary
@@ -76,6 +91,7 @@ class Layer:
     attn_out_norm: Norm | None = None  # applied to the attention output before the residual add
     mlp_out_norm: Norm | None = None
     attention_type: str = "full_attention"
+    moe: Moe | None = None  # in place of gate/up/down
 
 
 @dataclass
@@ -125,8 +141,25 @@ class _Layer(ctypes.Structure):
             ("ms", _I),
             ("k_cache", _P),
             ("v_cache", _P),
+            ("moe", _P),
         ]
     )
+
+
+class _Moe(ctypes.Structure):
+    _fields_ = [
+        ("router", _Proj),
+        ("experts", _P),
+        ("n_experts", _I),
+        ("top_k", _I),
+        ("normalize", _I),
+        ("inter", _I),
+        ("shared_gate", _Proj),
+        ("shared_up", _Proj),
+        ("shared_down", _Proj),
+        ("shared_router", _Proj),
+        ("shared_inter", _I),
+    ]
 
 
 class _NotNative(Exception):
@@ -168,6 +201,7 @@ class NativeDecoder:
             raise _NotNative
         self.dtype, self.code = dtype, _DTYPES[dtype]
         self.keep: list[torch.Tensor] = []  # everything the C side points at
+        self.structs: list = []  # the C structs the layers point at (mixtures of experts)
         E, D = desc.hidden, desc.head_dim
         rows = {"q": desc.heads * D, "k": desc.kv_heads * D, "v": desc.kv_heads * D, "o": E}
         rows |= {"gate": desc.intermediate, "up": desc.intermediate, "down": E}
@@ -177,14 +211,18 @@ class NativeDecoder:
             if layer.activation not in ACTIVATIONS:
                 raise _NotNative
             c = self.layers[i]
-            groups = ((layer.q, layer.k, layer.v), (layer.up, layer.gate or layer.up))
+            groups = [(layer.q, layer.k, layer.v)]
+            if layer.moe is None:
+                groups.append((layer.up, layer.gate or layer.up))
             if any(len({p.transposed for p in group}) > 1 for group in groups):
                 raise _NotNative  # q/k/v, and gate/up, are computed side by side in one layout
             for name in _PROJS:
                 p = getattr(layer, name)
-                if p is None and name != "gate":
+                if p is None and name != "gate" and not (layer.moe is not None and name in ("up", "down")):
                     raise _NotNative
                 setattr(c, name, self._proj(p, rows[name], cols[name]))
+            if layer.moe is not None:
+                c.moe = self._moe(layer.moe, E)
             for name in _NORMS:
                 width = D if name in ("q_norm", "k_norm") else E
                 setattr(c, name, self._norm(getattr(layer, name), width))
@@ -215,6 +253,38 @@ class NativeDecoder:
             w.stride(0) * w.element_size(),
             int(p.transposed),
         )
+
+    def _moe(self, m: Moe, hidden: int) -> int:
+        """The C description of a sparse MLP; returns its address (kept alive with the decoder)."""
+        n = len(m.experts)
+        if n == 0 or not 0 < m.top_k <= n:
+            raise _NotNative
+        inter = m.experts[0][0].weight.shape[0]
+        experts = (_Proj * (3 * n))()
+        for e, (gate, up, down) in enumerate(m.experts):
+            if any(p.transposed or p.bias is not None for p in (gate, up, down)):
+                raise _NotNative
+            experts[3 * e] = self._proj(gate, inter, hidden)
+            experts[3 * e + 1] = self._proj(up, inter, hidden)
+            experts[3 * e + 2] = self._proj(down, hidden, inter)
+        c = _Moe(
+            router=self._proj(m.router, n, hidden),
+            experts=ctypes.addressof(experts),
+            n_experts=n,
+            top_k=m.top_k,
+            normalize=int(m.normalize),
+            inter=inter,
+        )
+        if m.shared is not None:
+            gate, up, down = m.shared
+            shared = gate.weight.shape[0]
+            if m.shared_gate is None or any(p.transposed or p.bias is not None for p in m.shared):
+                raise _NotNative
+            c.shared_gate, c.shared_up = self._proj(gate, shared, hidden), self._proj(up, shared, hidden)
+            c.shared_down = self._proj(down, hidden, shared)
+            c.shared_router, c.shared_inter = self._proj(m.shared_gate, 1, hidden), shared
+        self.structs += [experts, c]
+        return ctypes.addressof(c)
 
     def _norm(self, n: Norm | None, width: int) -> _Norm:
         if n is None:

@@ -149,12 +149,15 @@ def norm_qk_per_head(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tens
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: LlamaConfig):
+    """down(act(gate(x)) * up(x)); also each expert of the MoE families, at their `intermediate_size`."""
+
+    def __init__(self, config: LlamaConfig, intermediate_size: int | None = None):
         super().__init__()
         bias = getattr(config, "mlp_bias", False)
-        self.gate_proj = Linear(config.hidden_size, config.intermediate_size, bias=bias)
-        self.up_proj = Linear(config.hidden_size, config.intermediate_size, bias=bias)
-        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        inter = intermediate_size or config.intermediate_size
+        self.gate_proj = Linear(config.hidden_size, inter, bias=bias)
+        self.up_proj = Linear(config.hidden_size, inter, bias=bias)
+        self.down_proj = Linear(inter, config.hidden_size, bias=bias)
         self.act_fn = activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -234,86 +237,95 @@ class LlamaModel(CacheMaker, LlamaPreTrainedModel):
         return run.finish(x, self.layers, (position_embeddings, masks), self.norm, return_dict)
 
 
+def dense_mlp(mlp) -> dict | None:
+    """The native step's description of a gated MLP (LlamaMLP or a family's own with the same code and
+    names), or None when its code differs."""
+    if not (
+        same_code(mlp, LlamaMLP, "forward")
+        and all(same_code(m, Linear, "forward") for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+    ):
+        return None
+    return dict(gate=projection(mlp.gate_proj), up=projection(mlp.up_proj), down=projection(mlp.down_proj))
+
+
+def describe_stack(
+    model, head_cls: type, base_cls: type, layer_cls: type, describe_mlp=dense_mlp
+) -> Decoder | None:
+    """The native decode step's description of a Llama-shaped causal LM: `model` must run `head_cls`'s
+    forward, its base `base_cls`'s, every layer `layer_cls`'s; `describe_mlp(layer.mlp)` gives the MLP's part
+    of the layer (dense, or a mixture of experts), None when it has none. None when a module's code differs
+    from these files' (a user subclass that overrides a forward runs its own code)."""
+    base = model.base_model
+    c = model.config
+    if not (
+        same_code(model, head_cls, "forward")
+        and same_code(base, base_cls, "forward")
+        and same_code(base.norm, RMSNorm, "forward")
+        and same_code(model.lm_head, Linear, "forward")
+        and not c.output_hidden_states
+        and not c.output_attentions
+        and c.hidden_act in ("silu", "swish", "gelu_pytorch_tanh", "relu", "gelu")
+    ):
+        return None
+    layers = []
+    for layer in base.layers:
+        attn = layer.self_attn
+        qk_norms = type(attn).norm_qk is norm_qk_per_head
+        mlp = describe_mlp(layer.mlp)
+        if not (
+            mlp is not None
+            and same_code(layer, layer_cls, "forward")
+            and same_code(attn, LlamaAttention, "forward", "project")
+            and type(attn).norm_qk in (LlamaAttention.norm_qk, norm_qk_per_head)
+            and all(
+                same_code(m, Linear, "forward") for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj)
+            )
+            and all(
+                same_code(n, RMSNorm, "forward")
+                for n in (layer.input_layernorm, layer.post_attention_layernorm)
+            )
+            and (not qk_norms or all(same_code(n, RMSNorm, "forward") for n in (attn.q_norm, attn.k_norm)))
+        ):
+            return None
+        layers.append(
+            Layer(
+                attn_norm=rms_norm(layer.input_layernorm),
+                q=projection(attn.q_proj),
+                k=projection(attn.k_proj),
+                v=projection(attn.v_proj),
+                o=projection(attn.o_proj),
+                mlp_norm=rms_norm(layer.post_attention_layernorm),
+                activation=c.hidden_act,
+                q_norm=rms_norm(attn.q_norm) if qk_norms else None,
+                k_norm=rms_norm(attn.k_norm) if qk_norms else None,
+                scaling=attn.scaling,
+                attention_type=attn.attention_type,
+                **mlp,
+            )
+        )
+    return Decoder(
+        layers=layers,
+        hidden=c.hidden_size,
+        heads=c.num_attention_heads,
+        kv_heads=c.num_key_value_heads,
+        head_dim=base.layers[0].self_attn.head_dim,
+        intermediate=c.intermediate_size,
+        rotary_dim=base.layers[0].self_attn.head_dim,
+        embed=base.embed_tokens,
+        rotary=base.rotary_emb,
+        masks=lambda mask, past, kv_len, cache_position: attention_masks(
+            c, mask, past, 1, kv_len, base.embed_tokens.weight.device, cache_position
+        ),
+        head=lambda x: model.lm_head(base.norm(x)),
+        modules=list(model.modules()),
+    )
+
+
 class LlamaForCausalLM(CausalLMHead, LlamaPreTrainedModel):
     def describe_decoder(self) -> Decoder | None:
         """The native decode step's description of this model (None when a module's code differs from
         this file's: a user subclass that overrides a forward runs its own code)."""
-        base = self.model
-        c = self.config
-        if not (
-            same_code(self, LlamaForCausalLM, "forward")
-            and same_code(base, LlamaModel, "forward")
-            and same_code(base.norm, RMSNorm, "forward")
-            and same_code(self.lm_head, Linear, "forward")
-            and not c.output_hidden_states
-            and not c.output_attentions
-            and c.hidden_act in ("silu", "swish", "gelu_pytorch_tanh", "relu", "gelu")
-        ):
-            return None
-        layers = []
-        for layer in base.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            qk_norms = type(attn).norm_qk is norm_qk_per_head
-            if not (
-                same_code(layer, LlamaDecoderLayer, "forward")
-                and same_code(attn, LlamaAttention, "forward", "project")
-                and type(attn).norm_qk in (LlamaAttention.norm_qk, norm_qk_per_head)
-                and same_code(mlp, LlamaMLP, "forward")
-                and all(
-                    same_code(m, Linear, "forward")
-                    for m in (
-                        attn.q_proj,
-                        attn.k_proj,
-                        attn.v_proj,
-                        attn.o_proj,
-                        mlp.gate_proj,
-                        mlp.up_proj,
-                        mlp.down_proj,
-                    )
-                )
-                and all(
-                    same_code(n, RMSNorm, "forward")
-                    for n in (layer.input_layernorm, layer.post_attention_layernorm)
-                )
-                and (
-                    not qk_norms or all(same_code(n, RMSNorm, "forward") for n in (attn.q_norm, attn.k_norm))
-                )
-            ):
-                return None
-            layers.append(
-                Layer(
-                    attn_norm=rms_norm(layer.input_layernorm),
-                    q=projection(attn.q_proj),
-                    k=projection(attn.k_proj),
-                    v=projection(attn.v_proj),
-                    o=projection(attn.o_proj),
-                    mlp_norm=rms_norm(layer.post_attention_layernorm),
-                    gate=projection(mlp.gate_proj),
-                    up=projection(mlp.up_proj),
-                    down=projection(mlp.down_proj),
-                    activation=c.hidden_act,
-                    q_norm=rms_norm(attn.q_norm) if qk_norms else None,
-                    k_norm=rms_norm(attn.k_norm) if qk_norms else None,
-                    scaling=attn.scaling,
-                    attention_type=attn.attention_type,
-                )
-            )
-        return Decoder(
-            layers=layers,
-            hidden=c.hidden_size,
-            heads=c.num_attention_heads,
-            kv_heads=c.num_key_value_heads,
-            head_dim=base.layers[0].self_attn.head_dim,
-            intermediate=c.intermediate_size,
-            rotary_dim=base.layers[0].self_attn.head_dim,
-            embed=base.embed_tokens,
-            rotary=base.rotary_emb,
-            masks=lambda mask, past, kv_len, cache_position: attention_masks(
-                c, mask, past, 1, kv_len, base.embed_tokens.weight.device, cache_position
-            ),
-            head=lambda x: self.lm_head(base.norm(x)),
-            modules=list(self.modules()),
-        )
+        return describe_stack(self, LlamaForCausalLM, LlamaModel, LlamaDecoderLayer)
 
 
 class LlamaForSequenceClassification(SequenceClassificationHead, LlamaPreTrainedModel):

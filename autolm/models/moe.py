@@ -17,21 +17,8 @@ from torch import nn
 
 from ..modeling_utils import ModelOutput
 from .heads import CausalLMHead, causal_lm_loss
-from .layers import Linear, RMSNorm, activation
-
-
-class MLP(nn.Module):
-    """SwiGLU-style MLP without biases: the dense layers, each expert and the shared expert."""
-
-    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str):
-        super().__init__()
-        self.gate_proj = Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = Linear(hidden_size, intermediate_size, bias=False)
-        self.down_proj = Linear(intermediate_size, hidden_size, bias=False)
-        self.act_fn = activation(hidden_act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+from .layers import Linear, RMSNorm, projection, same_code
+from .llama import LlamaMLP, dense_mlp, describe_stack
 
 
 def route(logits: torch.Tensor, top_k: int, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,10 +72,10 @@ class SparseMoeBlock(nn.Module):
         h = config.hidden_size
         self.gate = Linear(h, config.num_experts, bias=False)
         self.experts = nn.ModuleList(
-            MLP(h, config.moe_intermediate_size, config.hidden_act) for _ in range(config.num_experts)
+            LlamaMLP(config, config.moe_intermediate_size) for _ in range(config.num_experts)
         )
         if shared:
-            self.shared_expert = MLP(h, config.shared_expert_intermediate_size, config.hidden_act)
+            self.shared_expert = LlamaMLP(config, config.shared_expert_intermediate_size)
             self.shared_expert_gate = Linear(h, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,7 +111,7 @@ class MoeDecoderLayer(nn.Module):
         if is_sparse_layer(config, layer_idx):
             self.mlp = SparseMoeBlock(config, shared=self.shared_expert)
         else:
-            self.mlp = MLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+            self.mlp = LlamaMLP(config)
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
@@ -233,8 +220,41 @@ class MoeCausalLMHead(CausalLMHead):
         return result if c.return_dict_for(return_dict) else result.to_tuple()
 
     def describe_decoder(self):
-        """No native decode description: kernels/decoder.py has no sparse layer; the torch code runs."""
+        """The native decode step's description: Llama's stack, each sparse layer's router, experts and
+        shared expert as plain data (kernels/decoder.py `Moe`); None when router logits are asked for (they
+        come from the torch code) or a module's code differs from these files'."""
+        if self.config.output_router_logits:
+            return None
+        return describe_stack(self, MoeCausalLMHead, MoeModelMixin, MoeDecoderLayer, sparse_mlp)
+
+
+def sparse_mlp(mlp) -> dict | None:
+    """A layer's MLP for the native step: a dense one as Llama's, a SparseMoeBlock as a `Moe`."""
+    from ..kernels.decoder import Moe
+
+    if not isinstance(mlp, SparseMoeBlock):
+        return dense_mlp(mlp)
+    shared = getattr(mlp, "shared_expert", None)
+    experts = [dense_mlp(e) for e in mlp.experts]
+    if not (
+        same_code(mlp, SparseMoeBlock, "forward")
+        and same_code(mlp.gate, Linear, "forward")
+        and all(e is not None for e in experts)
+        and (shared is None or same_code(mlp.shared_expert_gate, Linear, "forward"))
+    ):
         return None
+    shared_part = None if shared is None else dense_mlp(shared)
+    if shared is not None and shared_part is None:
+        return None
+    moe = Moe(
+        router=projection(mlp.gate),
+        experts=[(e["gate"], e["up"], e["down"]) for e in experts],
+        top_k=mlp.top_k,
+        normalize=bool(mlp.norm_topk_prob),
+        shared=None if shared is None else (shared_part["gate"], shared_part["up"], shared_part["down"]),
+        shared_gate=None if shared is None else projection(mlp.shared_expert_gate),
+    )
+    return dict(moe=moe)
 
 
 # --- checkpoint layouts -----------------------------------------------------------------------------
