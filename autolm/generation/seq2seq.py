@@ -142,7 +142,21 @@ class Seq2SeqDecoder(_Decoder):
     def advance(self, token: torch.Tensor, step: int) -> None:
         length = self.prompt_len + step + 1  # decoder ids so far, the new token included
         if self.cache is not None:
+            native = self.native and self._native_step(token, length)
+            if native is not None:
+                self.logits = native
+                return
             out = self._forward(token[:, None], self.cache, length)
         else:  # no cache: run the decoder over all its ids again
             out = self._forward(self.sequences[:, :length], None, length)
         self.logits = out.logits[:, -1].float()
+
+    def _native_step(self, token: torch.Tensor, length: int) -> torch.Tensor | None:
+        """The logits of autolm's native decode step (`kernels.decoder`), or None where it does not
+        apply: the step runs on the self-attention cache, with the cached encoder keys/values."""
+        self_cache = getattr(self.cache, "self_attention_cache", None)
+        cross = getattr(self.cache, "cross_attention_cache", None)
+        if self_cache is None or not cross:
+            return None
+        mask = self.full_mask[:, :length] if self.full_mask is not None else None
+        return self.native.step(token, None, mask, self_cache, cross_kv=cross, cross_mask=self.encoder_mask)

@@ -256,6 +256,22 @@ typedef struct {
     int64_t mb, ms;      /* mask strides over (B, S) */
     void *k_cache, *v_cache;
     const moe_desc *moe; /* not NULL: the MLP is this mixture of experts (gate/up/down unused) */
+    float qscale;        /* this step's query scale after rotary (Qwen-1's logn attention; 1: none) */
+    /* NULL, or a float32 bias added to the self-attention scores, (B, H, S) at strides (bb, bh), S
+     * contiguous (T5's relative positions) */
+    const float *bias;
+    int64_t bb, bh;
+    /* cross_q.w not NULL: a cross-attention block after the self-attention (T5's decoder): its own
+     * pre-norm, q and o projections, the query over precomputed keys/values (B, H, cross_len, D) of dtype t
+     * at strides cross_st[0..2] (D contiguous), the keys where cross_mask (bytes over (B, cross_len),
+     * strides cmb, cms; NULL: all) is nonzero, then the residual add */
+    normd cross_norm;
+    proj cross_q, cross_o;
+    float cross_scaling;
+    const void *cross_k, *cross_v;
+    int64_t cross_st[3], cross_len;
+    const uint8_t *cross_mask;
+    int64_t cmb, cms;
 } decoder_layer;
 
 INLINE float rnd(float v, int t) { /* the value a tensor of dtype t holds for v */
@@ -545,6 +561,38 @@ INLINE void moe_mlp(float *xs, const float *h, const float *hp, const moe_desc *
         }
 }
 
+/* One query head (float32, D values) over S keys and values of dtype t at k / v + s * ks elements (D
+ * contiguous): softmax(q.k * scaling + bias[s]) in float32 over the keys whose mask byte (mask + s * ms)
+ * is nonzero (mask NULL: all; bias NULL: none), times the values, rounded to t once; every key masked:
+ * zeros. p: S floats of scratch. */
+INLINE void attend_head(const float *q, const char *k, const char *v, int64_t ks, int64_t S, int64_t D,
+                        const uint8_t *mask, int64_t ms, const float *bias, float scaling, float *p, float *out,
+                        int t) {
+    const int64_t size = t == F32 ? 4 : 2;
+    float top = -INFINITY, total = 0.0f;
+    for (int64_t s = 0; s < S; s++) {
+        if (mask && !mask[s * ms]) {
+            p[s] = -INFINITY;
+            continue;
+        }
+        p[s] = dot(q, k + s * ks * size, D, t) * scaling;
+        if (bias) p[s] += bias[s];
+        if (p[s] > top) top = p[s];
+    }
+    for (int64_t d = 0; d < D; d++) out[d] = 0.0f;
+    if (top == -INFINITY) return;
+    for (int64_t s = 0; s < S; s++) {
+        p[s] = p[s] == -INFINITY ? 0.0f : expf(p[s] - top);
+        total += p[s];
+    }
+    for (int64_t s = 0; s < S; s++) {
+        if (p[s] == 0.0f) continue;
+        const float w = p[s] / total;
+        for (int64_t d = 0; d < D; d++) out[d] += w * load1(v, s * ks + d, t);
+    }
+    for (int64_t d = 0; d < D; d++) out[d] = rnd(out[d], t);
+}
+
 INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, int64_t L, void *x, int64_t B,
                         const void *cos, const void *sin, const int64_t *cst, int64_t slot, int64_t S,
                         int nthreads, int t) {
@@ -552,7 +600,11 @@ INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, in
     const int64_t R = sh->rotary_dim, NQ = H * D, NK = KVH * D, NQKV = NQ + 2 * NK, rep = H / KVH;
     const int64_t size = t == F32 ? 4 : 2;
     const int64_t widest = E > I ? (E > NQ ? E : NQ) : (I > NQ ? I : NQ);
-    float *xs = malloc(sizeof(float) * B * (3 * E + widest + NQKV + NQ + 2 * I + H * S));
+    int64_t keys = S; /* the most keys a query attends to: S, or a longer encoder output */
+    for (int64_t l = 0; l < L; l++)
+        if (layers[l].cross_q.w && layers[l].cross_len > keys) keys = layers[l].cross_len;
+    const normd no_norm = {0};
+    float *xs = malloc(sizeof(float) * B * (3 * E + widest + NQKV + NQ + 2 * I + H * keys));
     float *h = xs + B * E, *tmp = h + B * E, *hp = tmp + B * E, *qkv = hp + B * widest, *att = qkv + B * NQKV;
     float *act = att + B * NQ, *gates = act + B * I, *scores = gates + B * I;
     const int64_t cols = NQKV > I ? (NQKV > E ? NQKV : E) : (I > E ? I : E);
@@ -605,6 +657,8 @@ INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, in
                 const normd *qk_norm = j < H ? &ly->q_norm : &ly->k_norm;
                 if (qk_norm->kind != NORM_NONE) norm_row(row + j * D, qk_norm, row + j * D, D, t);
                 if (R) rotate(row + j * D, (const char *)cos + m * R * size, (const char *)sin + m * R * size, R, t);
+                if (j < H && ly->qscale != 1.0f)
+                    for (int64_t d = 0; d < D; d++) row[j * D + d] = rnd(row[j * D + d] * ly->qscale, t);
             }
             for (int64_t g = 0; g < KVH; g++) {
                 int64_t at = m * cst[0] + g * cst[1] + slot * cst[2];
@@ -616,35 +670,34 @@ INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, in
         }
 #pragma omp for schedule(static)
         for (int64_t bh = 0; bh < B * H; bh++) {
-            const int64_t m = bh / H, g = (bh % H) / rep;
-            const float *q = qkv + m * NQKV + (bh % H) * D;
-            float *p = scores + bh * S, *out = att + bh * D, top = -INFINITY, total = 0.0f;
-            for (int64_t s = 0; s < S; s++) {
-                if (ly->mask && !ly->mask[m * ly->mb + s * ly->ms]) {
-                    p[s] = -INFINITY;
-                    continue;
-                }
-                p[s] = dot(q, (const char *)ly->k_cache + (m * cst[0] + g * cst[1] + s * cst[2]) * size, D, t) *
-                       ly->scaling;
-                if (p[s] > top) top = p[s];
-            }
-            for (int64_t d = 0; d < D; d++) out[d] = 0.0f;
-            if (top == -INFINITY) continue; /* every key masked: zeros */
-            for (int64_t s = 0; s < S; s++) {
-                p[s] = p[s] == -INFINITY ? 0.0f : expf(p[s] - top);
-                total += p[s];
-            }
-            for (int64_t s = 0; s < S; s++) {
-                if (p[s] == 0.0f) continue;
-                const int64_t at = m * cst[0] + g * cst[1] + s * cst[2];
-                const float w = p[s] / total;
-                for (int64_t d = 0; d < D; d++) out[d] += w * load1(ly->v_cache, at + d, t);
-            }
-            for (int64_t d = 0; d < D; d++) out[d] = rnd(out[d], t);
+            const int64_t m = bh / H, j = bh % H, g = j / rep, at = (m * cst[0] + g * cst[1]) * size;
+            attend_head(qkv + m * NQKV + j * D, (const char *)ly->k_cache + at, (const char *)ly->v_cache + at,
+                        cst[2], S, D, ly->mask ? ly->mask + m * ly->mb : NULL, ly->ms,
+                        ly->bias ? ly->bias + m * ly->bb + j * ly->bh : NULL, ly->scaling, scores + bh * S,
+                        att + bh * D, t);
         }
 #pragma omp single
         prepare(att, hp, B, NQ);
         residual_product(xs, tmp, att, hp, &ly->o, &ly->attn_out_norm, B, E, NQ, t, scratch);
+        if (ly->cross_q.w) {
+            const int64_t CL = ly->cross_len, *cs = ly->cross_st;
+#pragma omp single
+            norm_rows(xs, &ly->cross_norm, h, hp, B, E, t);
+#pragma omp for schedule(static)
+            for (int64_t n = 0; n < NQ; n++)
+                for (int64_t m = 0; m < B; m++)
+                    qkv[m * NQKV + n] = rnd(proj_row(&ly->cross_q, n, h + m * E, hp + m * E, E), t);
+#pragma omp for schedule(static)
+            for (int64_t bh = 0; bh < B * H; bh++) {
+                const int64_t m = bh / H, j = bh % H, at = (m * cs[0] + j * cs[1]) * size;
+                attend_head(qkv + m * NQKV + j * D, (const char *)ly->cross_k + at, (const char *)ly->cross_v + at,
+                            cs[2], CL, D, ly->cross_mask ? ly->cross_mask + m * ly->cmb : NULL, ly->cms, NULL,
+                            ly->cross_scaling, scores + bh * CL, att + bh * D, t);
+            }
+#pragma omp single
+            prepare(att, hp, B, NQ);
+            residual_product(xs, tmp, att, hp, &ly->cross_o, &no_norm, B, E, NQ, t, scratch);
+        }
 #pragma omp single
         norm_rows(xs, &ly->mlp_norm, h, hp, B, E, t);
         if (ly->moe) {

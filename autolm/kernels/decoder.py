@@ -92,6 +92,12 @@ class Layer:
     mlp_out_norm: Norm | None = None
     attention_type: str = "full_attention"
     moe: Moe | None = None  # in place of gate/up/down
+    # a cross-attention block after the self-attention (T5's decoder): its pre-norm, q and o projections;
+    # the keys/values of the encoder output come with each step (`NativeDecoder.step(cross_kv=...)`)
+    cross_norm: Norm | None = None
+    cross_q: Projection | None = None
+    cross_o: Projection | None = None
+    cross_scaling: float = 1.0
 
 
 @dataclass
@@ -111,6 +117,12 @@ class Decoder:
     modules: list[torch.nn.Module] = field(default_factory=list)  # checked for hooks
     # learned absolute positions: position ids (B, 1) -> (B, 1, hidden), added to the embeddings (GPT-2)
     positions: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # the queries' scale after rotary for a token at this cache slot, in the model's dtype (Qwen-1's logn
+    # attention); None: 1
+    query_scale: Callable[[int], float] | None = None
+    # (slot, kv_len) -> a float bias added to every layer's self-attention scores of the query at this
+    # slot, broadcastable to (B, heads, 1, kv_len) (T5's relative positions); None: none
+    position_bias: Callable[[int, int], torch.Tensor | None] | None = None
 
 
 class _Proj(ctypes.Structure):
@@ -142,6 +154,21 @@ class _Layer(ctypes.Structure):
             ("k_cache", _P),
             ("v_cache", _P),
             ("moe", _P),
+            ("qscale", _F),
+            ("bias", _P),
+            ("bb", _I),
+            ("bh", _I),
+            ("cross_norm", _Norm),
+            ("cross_q", _Proj),
+            ("cross_o", _Proj),
+            ("cross_scaling", _F),
+            ("cross_k", _P),
+            ("cross_v", _P),
+            ("cross_st", _I * 3),
+            ("cross_len", _I),
+            ("cross_mask", _P),
+            ("cmb", _I),
+            ("cms", _I),
         ]
     )
 
@@ -227,6 +254,15 @@ class NativeDecoder:
                 width = D if name in ("q_norm", "k_norm") else E
                 setattr(c, name, self._norm(getattr(layer, name), width))
             c.act, c.scaling = ACTIVATIONS[layer.activation], layer.scaling
+            if layer.cross_q is not None:
+                if layer.cross_norm is None or layer.cross_o is None or layer.cross_q.transposed:
+                    raise _NotNative
+                c.cross_norm = self._norm(layer.cross_norm, E)
+                c.cross_q = self._proj(layer.cross_q, desc.heads * D, E)
+                c.cross_o = self._proj(layer.cross_o, E, desc.heads * D)
+                c.cross_scaling = layer.cross_scaling
+        self.crossed = any(layer.cross_q is not None for layer in desc.layers)
+        self.cross_bound: tuple | None = None  # which encoder keys/values (and mask) `layers` points at
         self.shape = _Shape(E, desc.heads, desc.kv_heads, D, desc.intermediate, desc.rotary_dim)
         self.types = [layer.attention_type for layer in desc.layers]
         self.bound: tuple | None = None  # which cache buffers `layers` points at
@@ -304,13 +340,19 @@ class NativeDecoder:
             n.offset,
         )
 
-    def step(self, token, position_ids, attention_mask, cache, cache_position=None) -> torch.Tensor | None:
+    def step(
+        self, token, position_ids, attention_mask, cache, cache_position=None, cross_kv=None, cross_mask=None
+    ) -> torch.Tensor | None:
         """Logits (B, vocab) float32 for one new token per row, as `decode_one_token`; None when this
-        call does not fit the native step (the caller then runs the model)."""
+        call does not fit the native step (the caller then runs the model). With cross-attention layers,
+        `cache` is the self-attention cache, `cross_kv` the per-layer encoder keys/values (B, heads,
+        S_enc, head_dim) and `cross_mask` the encoder's (B, S_enc) 1/0 mask or None."""
         B = token.shape[0]
         if B > MAX_ROWS or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return None
         desc = self.desc
+        if self.crossed and not self._bind_cross(cross_kv, cross_mask, B):
+            return None
         reserve = getattr(cache, "reserve", None)
         if reserve is None or len(cache) != len(self.layers):
             return None
@@ -343,7 +385,19 @@ class NativeDecoder:
                     return None
                 mask = mask[:, 0, 0].expand(B, S)
             flat[kind] = mask
+        qscale = 1.0 if desc.query_scale is None else desc.query_scale(slot)
+        bias, bb, bh = None, 0, 0
+        if desc.position_bias is not None and (bias := desc.position_bias(slot, S)) is not None:
+            H = desc.heads
+            if bias.dim() != 4 or bias.shape[-2:] != (1, S) or bias.shape[1] not in (1, H):
+                return None
+            if bias.shape[0] not in (1, B):
+                return None
+            bias = bias[:, :, 0].float().expand(B, H, S).contiguous()  # (B, H, S)
+            bb, bh = bias.stride(0), bias.stride(1)
         for layer, kind in zip(self.layers, self.types):
+            layer.qscale = qscale
+            layer.bias, layer.bb, layer.bh = None if bias is None else bias.data_ptr(), bb, bh
             mask = flat[kind]
             layer.mask = None if mask is None else mask.data_ptr()
             layer.mb, layer.ms = mask.stride() if mask is not None else (0, 0)
@@ -362,3 +416,33 @@ class NativeDecoder:
         )  # fmt: skip
         cache.advance_to(slot + 1)
         return desc.head(x)[:, -1].float()
+
+    def _bind_cross(self, cross_kv, cross_mask, B: int) -> bool:
+        """Point the cross-attention layers at this step's encoder keys/values and mask; False when they
+        do not fit (missing, another dtype or shape, a strided head_dim)."""
+        if cross_kv is None or len(cross_kv) != len(self.layers):
+            return False
+        k0 = cross_kv[0][0]
+        bound = (id(cross_kv), k0.data_ptr(), cross_kv[-1][1].data_ptr(), id(cross_mask), B)
+        if bound == self.cross_bound:
+            return True
+        shape = (B, self.desc.heads, k0.shape[2], self.desc.head_dim)
+        if any(
+            t.dtype != self.dtype or tuple(t.shape) != shape or t.stride() != k0.stride() or t.device.type != "cpu"
+            for pair in cross_kv
+            for t in pair
+        ) or k0.stride(-1) != 1:
+            return False
+        mask = None
+        if cross_mask is not None:
+            if tuple(cross_mask.shape) != (B, shape[2]):
+                return False
+            mask = cross_mask.bool().contiguous()  # (B, S_enc)
+        for c, (k, v) in zip(self.layers, cross_kv):
+            c.cross_k, c.cross_v, c.cross_len = k.data_ptr(), v.data_ptr(), shape[2]
+            c.cross_st[0], c.cross_st[1], c.cross_st[2] = k0.stride()[:3]
+            c.cross_mask = None if mask is None else mask.data_ptr()
+            c.cmb, c.cms = (mask.stride(0), mask.stride(1)) if mask is not None else (0, 0)
+        self.cross_kept = (cross_kv, mask)  # what the layers point at stays alive
+        self.cross_bound = bound
+        return True

@@ -16,9 +16,10 @@ from torch import nn
 
 from ..configuration import PretrainedConfig
 from ..errors import AutolmValueError, ConfigError
+from ..kernels.decoder import Decoder, Layer, Norm, Projection
 from ..modeling_utils import ModelOutput, PreTrainedModel
 from .cache import DynamicCache
-from .layers import Linear, attention
+from .layers import Linear, attention, same_code
 
 ACTIVATIONS = {
     "relu": F.relu,
@@ -613,6 +614,106 @@ class T5ForConditionalGeneration(T5Model):
 
     def scales_output(self) -> bool:
         return bool(self.config.scale_decoder_outputs)
+
+    def describe_decoder(self) -> Decoder | None:
+        """The decoder as the native decode step's description: per block, self-attention with the
+        shared relative-position bias, cross-attention over the cached encoder keys/values, the
+        feed-forward; None when a module's code is not this file's, or an option needs the torch path."""
+        dec, c = self.decoder, self.config
+        if self.training or c.output_attentions or c.output_hidden_states or not self._plain(dec):
+            return None
+        dtype = dec.final_layer_norm.weight.dtype
+        if any(p.dtype != dtype for p in dec.parameters()) or self.lm_head.weight.dtype != dtype:
+            return None  # e.g. transformers' float32 `wo` in a half model: the residual turns float32
+
+        def norm(n: T5LayerNorm) -> Norm:
+            return Norm(weight=n.weight, eps=n.variance_epsilon, kind="rms")
+
+        layers = []
+        for block in dec.block:
+            self_attn, cross, ff = block.layer
+            mlp = ff.DenseReluDense
+            gated = isinstance(mlp, T5DenseGatedActDense)
+            layers.append(
+                Layer(
+                    attn_norm=norm(self_attn.layer_norm),
+                    q=Projection(self_attn.SelfAttention.q.weight),
+                    k=Projection(self_attn.SelfAttention.k.weight),
+                    v=Projection(self_attn.SelfAttention.v.weight),
+                    o=Projection(self_attn.SelfAttention.o.weight),
+                    cross_norm=norm(cross.layer_norm),
+                    cross_q=Projection(cross.EncDecAttention.q.weight),
+                    cross_o=Projection(cross.EncDecAttention.o.weight),
+                    mlp_norm=norm(ff.layer_norm),
+                    gate=Projection(mlp.wi_0.weight) if gated else None,
+                    up=Projection(mlp.wi_1.weight if gated else mlp.wi.weight),
+                    down=Projection(mlp.wo.weight),
+                    activation=c.dense_act_fn,
+                    scaling=1.0,
+                )
+            )
+        scale = c.d_model**-0.5 if self.scales_output() else None
+
+        def head(x: torch.Tensor) -> torch.Tensor:
+            x = dec.final_layer_norm(x)
+            return self.lm_head(x * scale if scale is not None else x)
+
+        def masks(mask, past, kv_len, cache_position):
+            if mask is None or bool(mask[:, :kv_len].all()):
+                return {"full_attention": None}
+            return {"full_attention": mask[:, None, None, :kv_len].bool()}
+
+        device = dec.final_layer_norm.weight.device
+        return Decoder(
+            layers=layers,
+            hidden=c.d_model,
+            heads=c.num_heads,
+            kv_heads=c.num_heads,
+            head_dim=c.d_kv,
+            intermediate=c.d_ff,
+            rotary_dim=0,
+            embed=dec.embed_tokens,
+            rotary=None,
+            masks=masks,
+            head=head,
+            modules=[self, self.lm_head, *dec.modules()],
+            position_bias=lambda slot, kv_len: dec.self_bias(1, kv_len, slot, None, device, dtype),
+        )
+
+    def _plain(self, dec: T5Stack) -> bool:
+        """Every module the decode step stands in for runs this file's code."""
+        cls = MT5ForConditionalGeneration if isinstance(self, MT5PreTrainedModel) else T5ForConditionalGeneration
+        if not (
+            same_code(self, cls, "forward")
+            and same_code(dec, T5Stack, "forward", "self_bias")
+            and same_code(dec.final_layer_norm, T5LayerNorm, "forward")
+            and isinstance(self.lm_head, Linear)
+            and same_code(self.lm_head, Linear, "forward")
+        ):
+            return False
+        for block in dec.block:
+            if len(block.layer) != 3 or not same_code(block, T5Block, "forward"):
+                return False
+            self_attn, cross, ff = block.layer
+            mlp = getattr(ff, "DenseReluDense", None)
+            kinds = (T5DenseGatedActDense, T5DenseActDense)
+            if not (
+                same_code(self_attn, T5LayerSelfAttention, "forward")
+                and same_code(cross, T5LayerCrossAttention, "forward")
+                and same_code(ff, T5LayerFF, "forward")
+                and any(same_code(mlp, kind, "forward") and type(mlp) is kind for kind in kinds)
+                and all(same_code(a, T5Attention, "forward", "self_kv", "heads")
+                        for a in (self_attn.SelfAttention, cross.EncDecAttention))
+                and all(same_code(n, T5LayerNorm, "forward")
+                        for n in (self_attn.layer_norm, cross.layer_norm, ff.layer_norm))
+            ):  # fmt: skip
+                return False
+            linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
+            if any(type(m) is not Linear or m.bias is not None for m in linears):
+                return False
+            if mlp.act is not ACTIVATIONS[self.config.dense_act_fn]:
+                return False
+        return True
 
 
 class MT5PreTrainedModel(T5PreTrainedModel):
