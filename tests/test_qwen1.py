@@ -37,7 +37,7 @@ def repo(tmp_path):
 
 @pytest.mark.parametrize("variant", list(EXPECTED["variants"]))
 @pytest.mark.parametrize("trust", [None, False, True])
-def test_logits_and_greedy_ids_match_the_repo_code(repo, variant, trust):
+def test_logits_and_greedy_ids_match_the_repo_code(repo, variant, trust, native_steps):
     kwargs = {} if trust is None else {"trust_remote_code": trust}
     imported = {m for m in sys.modules if "modeling_qwen" in m or "configuration_qwen" in m}
     model = autolm.AutoModelForCausalLM.from_pretrained(repo(variant), **kwargs)
@@ -51,6 +51,7 @@ def test_logits_and_greedy_ids_match_the_repo_code(repo, variant, trust):
         assert (logits - LOGITS[f"{variant}/{name}"]).abs().max().item() <= 1e-4
         out = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
         assert out[0, ids.shape[1] :].tolist() == record[f"greedy_{name}"]
+    assert len(native_steps) == 2 * 11  # every decode step native, logn and dynamic NTK included
     # nothing of the repo's was imported by this load (earlier tests may have run repo code on purpose)
     assert {m for m in sys.modules if "modeling_qwen" in m or "configuration_qwen" in m} == imported
 

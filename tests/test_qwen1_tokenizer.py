@@ -175,9 +175,11 @@ def chat_repo(tmp_path_factory) -> Path:
 
 
 def test_chat_turns_and_history_equal_the_repo_code(chat_repo):
-    model = AutoModelForCausalLM.from_pretrained(chat_repo, trust_remote_code=True)
+    # the articles' call: device_map="auto" puts the model on the CPU on a machine without a GPU
+    model = AutoModelForCausalLM.from_pretrained(chat_repo, device_map="auto", trust_remote_code=True).eval()
     tok = AutoTokenizer.from_pretrained(chat_repo, trust_remote_code=True)
     assert type(model).__module__.startswith("autolm.") and isinstance(tok, QWenTokenizer)
+    assert model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     history = None
     for turn in CHAT["turns"]:
         assert [list(t) for t in history or []] == turn["history_before"]

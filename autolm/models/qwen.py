@@ -281,10 +281,10 @@ class QWenLMHeadModel(CausalLMHead, QWenPreTrainedModel):
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
 
     def describe_decoder(self) -> Decoder | None:
-        """The native decode step's description; None with logn attention (it scales queries per
-        position, which the step does not) or when a module's code differs from this file's."""
+        """The native decode step's description (logn attention as a per-step query scale); None when a
+        module's code differs from this file's."""
         base, c = self.transformer, self.config
-        if c.use_logn_attn or c.output_hidden_states or self.training:
+        if c.output_hidden_states or self.training:
             return None
         if not (
             same_code(self, QWenLMHeadModel, "forward")
@@ -328,6 +328,10 @@ class QWenLMHeadModel(CausalLMHead, QWenPreTrainedModel):
             sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
             return cos.to(x.dtype), sin.to(x.dtype)
 
+        def query_scale(slot: int) -> float:
+            scale = base.logn(torch.tensor([[slot]]))
+            return 1.0 if scale is None else float(scale.to(base.wte.weight.dtype)[0])
+
         return Decoder(
             layers=layers,
             hidden=E,
@@ -343,4 +347,5 @@ class QWenLMHeadModel(CausalLMHead, QWenPreTrainedModel):
             ),
             head=lambda x: self.lm_head(base.ln_f(x)),
             modules=list(self.modules()),
+            query_scale=query_scale if c.use_logn_attn else None,
         )
