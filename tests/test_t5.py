@@ -327,3 +327,102 @@ def test_no_cache_decoding_gives_the_same_ids(built):
     ids, mask, _, _ = batch(12)
     cached = model.generate(ids, attention_mask=mask, max_new_tokens=6)
     assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=6, use_cache=False), cached)
+
+
+# --- the native decode step (kernels/decoder.py): the decoder's layers in one C call per token -----
+
+
+@pytest.mark.parametrize("case", ["greedy", "sampled", "beams"])
+def test_generation_on_the_native_step_matches_transformers(gen_pair, case, native_steps):
+    """A padded batch (encoder padding on both sides, rows finishing at different steps) decodes on the
+    native step, cross-attention and relative positions included, to transformers' ids."""
+    ref, _, model = gen_pair
+    ids, mask, _, _ = batch(13)
+    # the tiny tied model's greedy choice is the pad token 0 throughout: suppressed, so ids vary
+    kwargs = {"max_new_tokens": 12, "suppress_tokens": [0]}
+    kwargs |= {"sampled": GENERATE["sampled"], "beams": GENERATE["beams"]}.get(case, {})
+    torch.manual_seed(3)
+    kwargs["eos_token_id"] = int(model.generate(ids, attention_mask=mask, **kwargs, eos_token_id=None)[0, 3])
+    torch.manual_seed(3)
+    expected = ref.generate(ids, attention_mask=mask, **kwargs)
+    native_steps.clear()
+    torch.manual_seed(3)
+    got = model.generate(ids, attention_mask=mask, **kwargs)
+    assert torch.equal(got, expected), (got, expected)
+    assert native_steps or case == "beams"  # beam search builds its own step, not counted here
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["flan", "t5", "mt5"])
+def test_native_step_computes_what_the_torch_forward_does(built, kind, dtype, native_kernels):
+    """One decode step through the C kernel equals the model's own forward on the same cache (a padded
+    decoder prompt, a padded encoder input; the tied head's d_model**-0.5 scaling where it applies)."""
+    import copy
+
+    from autolm.kernels.decoder import native_decoder
+
+    _, directory, _ = built(kind)
+    model = autolm.AutoModelForSeq2SeqLM.from_pretrained(directory, dtype=dtype)
+    ids, mask, dec, dec_mask = batch(14)
+    token = torch.tensor([5, 7, 9])
+    with torch.no_grad():
+        first = model(ids, attention_mask=mask, decoder_input_ids=dec, decoder_attention_mask=dec_mask)
+        cache = first.past_key_values
+        full_mask = torch.cat([dec_mask, torch.ones(3, 1, dtype=dec_mask.dtype)], 1)
+        expected = model(
+            encoder_outputs=(first.encoder_last_hidden_state,),
+            attention_mask=mask,
+            decoder_input_ids=token[:, None],
+            decoder_attention_mask=full_mask,
+            past_key_values=copy.deepcopy(cache),
+        ).logits[:, -1]
+        native = native_decoder(model)
+        assert native is not None
+        got = native.step(
+            token,
+            None,
+            full_mask,
+            cache.self_attention_cache,
+            cross_kv=cache.cross_attention_cache,
+            cross_mask=mask,
+        )
+    tolerance = 1e-5 if dtype == torch.float32 else 0.1
+    assert diff(got, expected) <= tolerance
+
+
+def test_hooks_and_subclasses_keep_the_torch_path(built, native_kernels):
+    """A forward hook on a decoder module still runs every step, and a subclassed feed-forward's own code
+    is what decodes: the native step declines such models."""
+    from autolm.kernels.decoder import native_decoder
+
+    _, directory, model = built("flan")
+    ids, mask, _, _ = batch(15)
+    expected = model.generate(ids, attention_mask=mask, max_new_tokens=5, eos_token_id=None)
+    calls = []
+    handle = model.decoder.block[1].layer[1].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        assert native_decoder(model) is None
+        assert torch.equal(
+            model.generate(ids, attention_mask=mask, max_new_tokens=5, eos_token_id=None), expected
+        )
+    finally:
+        handle.remove()
+    assert len(calls) == 5  # the prompt's step and the four decoded after it
+    assert native_decoder(model) is not None
+
+    from autolm.models import t5
+
+    class Doubled(t5.T5DenseGatedActDense):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    other = autolm.AutoModelForSeq2SeqLM.from_pretrained(directory)
+    for block in other.decoder.block:
+        block.layer[-1].DenseReluDense.__class__ = Doubled
+    assert native_decoder(other) is None
+    with torch.no_grad():
+        logits = other(ids, attention_mask=mask, decoder_input_ids=torch.zeros(3, 1, dtype=torch.long)).logits
+    got = other.generate(
+        ids, attention_mask=mask, max_new_tokens=1, output_logits=True, return_dict_in_generate=True
+    )
+    assert diff(got.logits[0], logits[:, -1]) == 0

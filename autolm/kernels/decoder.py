@@ -427,11 +427,12 @@ class NativeDecoder:
         if bound == self.cross_bound:
             return True
         shape = (B, self.desc.heads, k0.shape[2], self.desc.head_dim)
+        tensors = [t for pair in cross_kv for t in pair]
+        if k0.stride(-1) != 1 or k0.device.type != "cpu":
+            return False
         if any(
-            t.dtype != self.dtype or tuple(t.shape) != shape or t.stride() != k0.stride() or t.device.type != "cpu"
-            for pair in cross_kv
-            for t in pair
-        ) or k0.stride(-1) != 1:
+            t.dtype != self.dtype or tuple(t.shape) != shape or t.stride() != k0.stride() for t in tensors
+        ):
             return False
         mask = None
         if cross_mask is not None:

@@ -682,9 +682,8 @@ class T5ForConditionalGeneration(T5Model):
 
     def _plain(self, dec: T5Stack) -> bool:
         """Every module the decode step stands in for runs this file's code."""
-        cls = MT5ForConditionalGeneration if isinstance(self, MT5PreTrainedModel) else T5ForConditionalGeneration
         if not (
-            same_code(self, cls, "forward")
+            same_code(self, T5Model, "forward")
             and same_code(dec, T5Stack, "forward", "self_bias")
             and same_code(dec.final_layer_norm, T5LayerNorm, "forward")
             and isinstance(self.lm_head, Linear)
