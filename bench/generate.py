@@ -7,7 +7,8 @@ weights. 128 new tokens are forced (eos suppressed), a 38-token prompt, torch.se
 compile=True on the CPU takes autolm's native decode step (faster than torch.compile's code there);
 --torch-compile also times compile=True with that step turned off.
 
-Run: .venv/bin/python bench/generate.py [--dtypes float32,bfloat16] [--batches 1,8] [--compile] [--torch-compile]
+Run: .venv/bin/python bench/generate.py [--shape smol135m] [--dtypes float32,bfloat16] [--batches 1,8] [--compile]
+     [--torch-compile]
 """
 
 from __future__ import annotations
@@ -38,13 +39,21 @@ SMOL_SHAPE = dict(
 LLAMA_CPP = {"float32": 44.0, "float16": 73.0}
 
 
-def make_random_model(directory: Path) -> Path:
+# --shape NAME -> (transformers config class, causal LM class, config keywords): random weights at a real
+# model's shape; families add their own row
+SHAPES = {
+    "smol135m": ("LlamaConfig", "LlamaForCausalLM", SMOL_SHAPE),
+}
+
+
+def make_random_model(directory: Path, shape: str = "smol135m") -> Path:
     import transformers
 
+    config_class, model_class, keywords = SHAPES[shape]
     if not (directory / "config.json").exists():
         torch.manual_seed(0)
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**SMOL_SHAPE))
-        model.save_pretrained(directory)
+        config = getattr(transformers, config_class)(**keywords)
+        getattr(transformers, model_class)(config).save_pretrained(directory)
     return directory
 
 
@@ -123,6 +132,9 @@ def main() -> None:
     parser.add_argument(
         "--gguf", default=None, help="a .gguf file instead of --model ('default': the packaged SmolLM2-135M)"
     )
+    parser.add_argument(
+        "--shape", default="smol135m", choices=sorted(SHAPES), help="random weights at this shape"
+    )
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -136,7 +148,8 @@ def main() -> None:
     parser.add_argument("--skip-reference", action="store_true")
     args = parser.parse_args()
     if args.model is None and args.gguf is None:
-        args.model = str(make_random_model(Path(os.environ.get("TMPDIR", "/tmp")) / "autolm-bench-smol135m"))
+        folder = Path(os.environ.get("TMPDIR", "/tmp")) / f"autolm-bench-{args.shape}"
+        args.model = str(make_random_model(folder, args.shape))
     torch.set_num_threads(args.threads)
 
     print(

@@ -211,3 +211,31 @@ def test_masked_lm_resize_keeps_the_tie_and_the_old_scores(tmp_path):
         got, want = model(**batch()).logits, ref(**batch()).logits
     assert got.shape == want.shape == (2, 9, 120)
     assert _diff(got[..., :99], want[..., :99]) <= 1e-5
+
+
+def test_long_batches_take_the_fused_output_pass_and_match_transformers(tmp_path, monkeypatch):
+    """Inference on 64+ token rows runs each layer's output projection alone and its bias, residual and
+    LayerNorm in one native pass (kernels.add_norm); outputs still equal transformers'."""
+    from autolm import kernels
+
+    if not kernels.ensure_loaded():
+        pytest.skip("native kernels cannot be built here")
+    calls = []
+    real = kernels.add_norm
+    monkeypatch.setattr(kernels, "add_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ref = make_bert("BertModel")
+    ref.save_pretrained(tmp_path)
+    model = autolm.BertModel.from_pretrained(tmp_path)
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, 99, (4, 40), generator=g)
+    mask = torch.ones_like(ids)
+    mask[2, 25:] = 0
+    with torch.no_grad():
+        want = ref(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert len(calls) == 2 * ref.config.num_hidden_layers
+    assert _diff(got, want) <= 1e-5
+    # with gradients the torch code runs, as before
+    calls.clear()
+    out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert calls == [] and out.requires_grad and _diff(out.detach(), want) <= 1e-5

@@ -348,3 +348,22 @@ def test_one_query_attention_kernel_matches_sdpa(dtype, heads, kv_heads):
     ).to(dtype)
     assert got is not None and got.shape == q.shape
     assert (got.float() - expected.float()).abs().max().item() <= TOLERANCE[dtype] * 4
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("parts", ["bias+residual", "residual", "none"])
+def test_add_norm_kernel_matches_torch(dtype, parts):
+    """One pass for a post-norm encoder's output: LayerNorm(x + bias + residual), any number of rows."""
+    g = torch.Generator().manual_seed(0)
+    x, residual = (torch.randn(70, 77, generator=g).to(dtype) for _ in range(2))
+    bias, w, b = (torch.randn(77, generator=g).to(dtype) for _ in range(3))
+    bias = bias if parts == "bias+residual" else None
+    residual = residual if parts != "none" else None
+    got = kernels.add_norm(x, bias, residual, w, 1e-12, "layer", b)
+    total = x if bias is None else x + bias
+    total = total if residual is None else total + residual
+    expected = F.layer_norm(total.float(), (77,), w.float(), b.float(), 1e-12).to(dtype)
+    assert got is not None and got.dtype == dtype and got.shape == x.shape
+    assert (got.float() - expected.float()).abs().max().item() <= TOLERANCE[dtype] * 8
+    with torch.enable_grad():
+        assert kernels.add_norm(x.requires_grad_(dtype.is_floating_point), bias, residual, w, 1e-12) is None

@@ -42,6 +42,7 @@ _SIGNATURES = {  # cpu.c's entry points; the first argument is the dtype code
     "autolm_linear": [_N, _P, _P, _P, _P, _I, _I, _I, _I, _N],
     "autolm_decode": [_N, _P, _P, _I, _P, _I, _P, _P, ctypes.POINTER(_I), _I, _I, _N],
     "autolm_norm": [_N, _P, _P, _I, _I, _P],
+    "autolm_add_norm": [_N, _P, _P, _P, _P, _I, _I, _P, _N],
     "autolm_attend": [
         _N,
         _P,
@@ -378,3 +379,36 @@ def attend_one(
         scaling, torch.get_num_threads(),
     )  # fmt: skip
     return out
+
+
+def add_norm(
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    kind: str = "layer",
+    norm_bias: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """norm(x + bias + residual) row by row in one pass (a post-norm encoder's output: the product's bias
+    and the residual added, then LayerNorm), any number of rows; None when it does not apply (the caller
+    runs its torch code)."""
+    from .decoder import NORM_KINDS, _Norm
+
+    D = x.shape[-1]
+    if not _plain(x, bias, residual, weight, norm_bias) or kind not in NORM_KINDS or kind is None:
+        return None
+    parts = (x, bias, residual, weight, norm_bias)
+    if any(t is not None and not t.is_contiguous() for t in parts) or weight.shape != (D,):
+        return None
+    if (bias is not None and bias.shape != (D,)) or (residual is not None and residual.shape != x.shape):
+        return None
+    y = torch.empty_like(x)
+    desc = _Norm(weight.data_ptr(), None if norm_bias is None else norm_bias.data_ptr(), _DTYPES[weight.dtype],
+                 NORM_KINDS[kind], eps, 0.0)  # fmt: skip
+    _lib.autolm_add_norm(
+        _DTYPES[x.dtype], x.data_ptr(), None if bias is None else bias.data_ptr(),
+        None if residual is None else residual.data_ptr(), y.data_ptr(), x.numel() // D, D, ctypes.byref(desc),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return y

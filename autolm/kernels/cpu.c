@@ -806,3 +806,32 @@ int autolm_attend(int t, const void *q, const void *k, const void *v, void *out,
     free(scores);
     return 0;
 }
+
+/* ---- fused elementwise passes for encoders' prompts (kernels/__init__.py: add_norm) ----
+ * A post-norm encoder (BERT) runs large products whose bias add, residual add, norm and activation
+ * torch does as separate passes over activations too big for the cache; these do each group in one. */
+
+/* y[m] = norm(x[m] + bias + residual[m]) for M rows of D values of dtype t (bias, residual may be NULL;
+ * the sum rounded to t as torch's two adds would round it). y may equal x. Rows over the threads. */
+int autolm_add_norm(int t, const void *x, const void *bias, const void *residual, void *y, int64_t M, int64_t D,
+                    const normd *n, int nthreads) {
+    if (t != F32 && t != BF16 && t != F16) return 1;
+    if (M * D < (1 << 15)) nthreads = 1;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        float *row = malloc(sizeof(float) * D);
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < M; m++) {
+            for (int64_t d = 0; d < D; d++) {
+                float v = load1(x, m * D + d, t);
+                if (bias) v = rnd(v + load1(bias, d, t), t);
+                if (residual) v = rnd(v + load1(residual, m * D + d, t), t);
+                row[d] = v;
+            }
+            norm_row(row, n, row, D, t);
+            for (int64_t d = 0; d < D; d++) store1(y, m * D + d, row[d], t);
+        }
+        free(row);
+    }
+    return 0;
+}

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..configuration import PretrainedConfig
 from ..errors import AutolmValueError, ConfigError
 from ..modeling_utils import ModelOutput, PreTrainedModel
@@ -140,6 +141,19 @@ def _views_of(fused: tuple[torch.Tensor, torch.Tensor], linears) -> bool:
     )
 
 
+def _fused_ok(x: torch.Tensor, dense: nn.Linear) -> bool:
+    """Whether a product of this many rows goes through the fused native passes: inference (no autograd)
+    on the CPU in float32 with the kernels built, and enough rows to matter."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == dense.weight.dtype == torch.float32
+        and x.dim() == 3
+        and x.shape[0] * x.shape[1] >= 64
+        and not (torch.is_grad_enabled() and (x.requires_grad or dense.weight.requires_grad))
+        and kernels.ensure_loaded(compile=False)
+    )
+
+
 class BertSelfOutput(nn.Module):
     """Projection, dropout, then LayerNorm over the residual sum (post-norm)."""
 
@@ -152,11 +166,35 @@ class BertSelfOutput(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         if self.training and self.dropout.p > 0:
             return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+        fused = self.fused_output(x, residual)
+        if fused is not None:
+            return fused
         # the product accumulated into (residual + bias): one pass over the output fewer than
         # dense(x) + residual, whose addmm first copies the bias into a fresh output
         out = residual + self.dense.bias
         out.view(-1, out.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), self.dense.weight.t())
         return self.LayerNorm(out)
+
+    def fused_output(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor | None:
+        """LayerNorm(x W^T + b + residual) as the product alone, then one native pass for the bias,
+        the residual and the norm (three passes over the activations in torch); None when the native
+        kernels are not loaded or the modules are not this file's."""
+        norm = self.LayerNorm
+        if not (type(norm) is nn.LayerNorm and type(self.dense) is nn.Linear and _fused_ok(x, self.dense)):
+            return None
+        if norm.weight is None:
+            return None
+        product = torch.mm(x.reshape(-1, x.shape[-1]), self.dense.weight.t())
+        out = kernels.add_norm(
+            product,
+            self.dense.bias,
+            residual.reshape(product.shape),
+            norm.weight,
+            norm.eps,
+            "layer",
+            norm.bias,
+        )
+        return None if out is None else out.view(residual.shape)
 
 
 class BertAttention(nn.Module):
