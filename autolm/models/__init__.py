@@ -36,12 +36,13 @@ MODELS: dict[str, dict] = {
         },
     },
     "mistral": {
-        "module": "llama",
+        "module": "mistral",
         "config": "MistralConfig",
         "tasks": {
             "base": "MistralModel",
             "causal_lm": "MistralForCausalLM",
             "sequence_classification": "MistralForSequenceClassification",
+            "token_classification": "MistralForTokenClassification",
         },
     },
     "gpt2": {

@@ -210,3 +210,19 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
         shifted.reshape(-1).to(logits.device),
         ignore_index=ignore_index,
     )
+
+
+class ScoreTokenClassificationHead(TokenClassificationHead):
+    """TokenClassificationHead under transformers' generic name for its layer, `score` (Llama-shaped
+    families: Mistral, Phi-3), with a bias unless config.token_classification_bias is false."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        layer = self._modules.pop("classifier")
+        if not getattr(config, "token_classification_bias", True):
+            layer = Linear(config.hidden_size, config.num_labels, bias=False)
+        self.score = layer
+
+    @property
+    def classifier(self) -> nn.Linear:
+        return self.score

@@ -1,7 +1,8 @@
-"""Llama family: Llama 2/3/3.x, Vicuna, TinyLlama, SmolLM, Mistral-style configs.
+"""Llama family: Llama 2/3/3.x, Vicuna, TinyLlama, SmolLM.
 
 Defaults -> attention -> MLP -> decoder layer -> base model -> task heads. Qwen2 and Qwen3 reuse these
-blocks and swap in their own attention (see qwen2.py, qwen3.py).
+blocks and swap in their own attention (see qwen2.py, qwen3.py); Mistral reuses them as they are
+(mistral.py).
 """
 
 from __future__ import annotations
@@ -63,39 +64,6 @@ class LlamaConfig(PretrainedConfig):
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
         check_activation(self)
-
-
-class MistralConfig(LlamaConfig):
-    """Mistral checkpoints use Llama's tensor names; the type is kept so saved configs stay "mistral".
-    Every layer slides over `sliding_window` (4096 when config.json does not say; null turns it off)."""
-
-    model_type = "mistral"
-    defaults = {**LlamaConfig.defaults, "sliding_window": 4096, "max_position_embeddings": 4096 * 32}
-
-    @property
-    def attention_window(self) -> int | None:
-        return self.sliding_window
-
-    # transformers' Mistral has no biases, whatever config.json says (the value read is not used)
-    @property
-    def attention_bias(self) -> bool:
-        return False
-
-    @attention_bias.setter
-    def attention_bias(self, value) -> None:
-        self.__dict__["_attention_bias"] = value
-
-    @property
-    def mlp_bias(self) -> bool:
-        return False
-
-    @mlp_bias.setter
-    def mlp_bias(self, value) -> None:
-        self.__dict__["_mlp_bias"] = value
-
-    def _derived_layer_types(self) -> list[str]:
-        kind = "full_attention" if self.sliding_window is None else "sliding_attention"
-        return [kind] * self.num_hidden_layers
 
 
 class LlamaAttention(nn.Module):
@@ -334,25 +302,3 @@ class LlamaForSequenceClassification(SequenceClassificationHead, LlamaPreTrained
 
 LlamaPreTrainedModel.base_model_class = LlamaModel
 
-
-# Mistral: Llama's blocks and names under its own class names (a pure config variant: windows per layer,
-# no biases)
-
-
-class MistralPreTrainedModel(LlamaPreTrainedModel):
-    config_class = MistralConfig
-
-
-class MistralModel(MistralPreTrainedModel, LlamaModel):
-    pass
-
-
-MistralPreTrainedModel.base_model_class = MistralModel
-
-
-class MistralForCausalLM(MistralPreTrainedModel, LlamaForCausalLM):
-    pass
-
-
-class MistralForSequenceClassification(MistralPreTrainedModel, LlamaForSequenceClassification):
-    pass
