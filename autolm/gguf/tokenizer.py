@@ -54,6 +54,10 @@ PRE_TOKENIZER_SPLITS = {
     **dict.fromkeys(("gpt-4o", "llama4"), _GPT4O_SPLIT),
 }
 
+# Architectures whose SentencePiece scores do not follow the merge order: with no merges in the file, a
+# token's position in the vocabulary ranks its merges instead (earlier first), as transformers does
+MERGES_BY_POSITION = {"gemma", "gemma2", "gemma3"}
+
 _SPECIAL_IDS = {
     "bos_token": "tokenizer.ggml.bos_token_id",
     "eos_token": "tokenizer.ggml.eos_token_id",
@@ -127,8 +131,10 @@ def sentencepiece_merges(tokens: list[str], scores: list[float]) -> list[tuple[s
 
 
 def _sentencepiece_backend(
-    tokens: list[str], merges: list[str] | None, scores: list[float] | None
+    tokens: list[str], merges: list[str] | None, scores: list[float] | None, prefix_space: bool = True
 ) -> Tokenizer:
+    """SentencePiece BPE with byte fallback; `prefix_space` (the file's `tokenizer.ggml.add_space_prefix`,
+    true when absent) puts "▁" before the text and strips it again when decoding."""
     if merges is not None:
         pairs = [tuple(merge.split(" ", 1)) for merge in merges]
     elif scores is not None:
@@ -137,10 +143,11 @@ def _sentencepiece_backend(
         pairs = []
     vocab = {token: index for index, token in enumerate(tokens)}
     backend = Tokenizer(models.BPE(vocab, pairs, fuse_unk=True, byte_fallback=True, dropout=None))
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
-    backend.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="▁", prepend_scheme="first" if prefix_space else "never", split=False
     )
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    backend.decoder = decoders.Sequence(steps + [decoders.Strip(" ", 1, 0)] if prefix_space else steps)
     return backend
 
 
@@ -211,7 +218,12 @@ def gguf_tokenizer_parts(path_or_reader: str | PathLike[str] | GGUFFile) -> tupl
         add_bos_default = False
     elif kind == "llama":
         scores = gguf.get("tokenizer.ggml.scores", kind=list, items=float)
-        backend = _backend(gguf, _sentencepiece_backend, tokens, merges, scores)
+        if gguf.architecture in MERGES_BY_POSITION and merges is None:
+            scores = [-float(index) for index in range(len(tokens))]
+        # a token of spaces only is stored as real spaces, but text reaches the vocabulary with "▁" for " "
+        tokens = ["▁" * len(t) if t and not t.strip(" ") else t for t in tokens]
+        prefix_space = gguf.get("tokenizer.ggml.add_space_prefix", True, bool)
+        backend = _backend(gguf, _sentencepiece_backend, tokens, merges, scores, bool(prefix_space))
         control = [t for t, kind_ in zip(tokens, token_types) if kind_ == CONTROL]
         # llama.cpp adds BOS for a SentencePiece vocabulary unless the file says otherwise
         add_bos_default = True
