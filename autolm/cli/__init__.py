@@ -95,6 +95,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return run_chat(args)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import run_serve
+
+    return run_serve(args)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .run import run_inspect
 
@@ -192,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .run import add_run_commands  # parsers only: torch loads when a command runs
 
     add_run_commands(sub, {"generate": cmd_generate, "chat": cmd_chat, "inspect": cmd_inspect})
+    from .serve import add_serve_command
+
+    add_serve_command(sub, cmd_serve)
     return parser
 
 
