@@ -163,6 +163,10 @@ class _Decoder:
         self.pad = torch.tensor(plan.pad_token_id, device=device)
         self.cache = None
         self.native: NativeDecoder | None = None  # set after the first token (see run)
+        # the length at which the model's positions all change meaning, so the cache is dropped and the
+        # whole sequence run again (Phi-3's longrope switching to its long factors); None: never
+        rerun = getattr(model, "rerun_length", None)
+        self.rerun_at = rerun() if rerun is not None and P < total else None
         if plan.static_cache:
             cache_len = -(-total // 256) * 256  # rounded up, so nearby lengths share a compiled graph
             self.cache = _make_cache(model, B, cache_len)
@@ -221,7 +225,10 @@ class _Decoder:
         """Run the model on the chosen token, leaving the logits for the next step."""
         length = self.prompt_len + step  # the slot the token goes into
         model, cache = self.model, self.cache
-        if self.plan.static_cache:
+        self.positions[:, length : length + 1] = self.next_position
+        if cache is not None and length + 1 == self.rerun_at:
+            self.logits = self.rerun(length + 1)
+        elif self.plan.static_cache:
             self.valid[:, length] = True
             # set before the call too, so a compiled step always finds a (1,) tensor there
             cache.cache_position = slot = torch.tensor([length], device=self.device)
@@ -239,10 +246,22 @@ class _Decoder:
             )
         else:  # no cache: run the whole sequence again
             mask = self.full_mask[:, : length + 1] if self.full_mask is not None else None
-            self.positions[:, length : length + 1] = self.next_position
             positions = self.positions[:, : length + 1]
             self.logits = prefill(model, self.sequences[:, : length + 1], mask, positions, None)
         self.next_position = self.next_position + 1
+
+    def rerun(self, n: int) -> torch.Tensor:
+        """A fresh cache filled by the first `n` tokens of every row; the logits after them."""
+        ids, positions = self.sequences[:, :n], self.positions[:, :n]
+        if self.plan.static_cache:
+            self.valid[:, n - 1] = True
+            self.cache = _make_cache(self.model, ids.shape[0], self.cache.max_cache_len)
+            slots = torch.arange(n, device=self.device)
+            return prefill(self.model, ids, self.valid, positions, self.cache, slots)
+        mask = self.full_mask[:, :n] if self.full_mask is not None else None
+        self.cache = _make_cache(self.model, ids.shape[0])
+        prompt_mask = _prompt_mask(mask, n)
+        return prefill(self.model, ids, mask if prompt_mask is None else prompt_mask, positions, self.cache)
 
 
 def run(

@@ -45,6 +45,16 @@ MODELS: dict[str, dict] = {
             "token_classification": "MistralForTokenClassification",
         },
     },
+    "phi3": {
+        "module": "phi3",
+        "config": "Phi3Config",
+        "tasks": {
+            "base": "Phi3Model",
+            "causal_lm": "Phi3ForCausalLM",
+            "sequence_classification": "Phi3ForSequenceClassification",
+            "token_classification": "Phi3ForTokenClassification",
+        },
+    },
     "gpt2": {
         "module": "gpt2",
         "config": "GPT2Config",
