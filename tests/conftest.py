@@ -42,16 +42,14 @@ FAMILIES = _families()
 
 def reference_classes(family: str):
     """transformers' (config class, causal LM class, base class, sequence classification class): the
-    classes named like autolm's config class for the type ("MistralConfig" -> transformers.Mistral*)."""
+    classes of the names autolm's registry gives the type (they are transformers' names)."""
     import transformers
 
     from autolm import models
 
-    prefix = models.MODELS[family]["config"].removesuffix("Config")
-    return tuple(
-        getattr(transformers, f"{prefix}{s}")
-        for s in ("Config", "ForCausalLM", "Model", "ForSequenceClassification")
-    )
+    entry = models.MODELS[family]
+    names = [entry["config"], *(entry["tasks"][t] for t in ("causal_lm", "base", "sequence_classification"))]
+    return tuple(getattr(transformers, name) for name in names)
 
 
 def make_reference(family: str, seed: int = 0, task: str = "causal_lm", **overrides):
@@ -60,6 +58,9 @@ def make_reference(family: str, seed: int = 0, task: str = "causal_lm", **overri
     kwargs = {**TINY, **overrides}
     if family == "qwen3":
         kwargs.setdefault("head_dim", 16)
+    if family == "phi3":  # its default pad/eos ids (32000) lie outside the tiny vocabulary
+        kwargs.setdefault("pad_token_id", 0)
+        kwargs.setdefault("eos_token_id", 2)
     config = config_cls(**kwargs)
     torch.manual_seed(seed)
     model_cls = {"causal_lm": causal, "base": base, "sequence_classification": seqcls}[task]

@@ -42,6 +42,8 @@ def _variant(family: str, name: str) -> dict:
         kwargs["mlp_bias"] = True
     if name == "bias" and family == "qwen2":
         kwargs = {}  # qwen2 always has q/k/v bias
+    if family == "phi3" and name.startswith("rope_"):
+        kwargs = {}  # Phi-3 has default and longrope rotary only (longrope: tests/test_phi3.py)
     return kwargs
 
 

@@ -12,6 +12,7 @@ not built.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -29,6 +30,7 @@ from .layers import (
     attention_masks,
     check_activation,
     rms_norm,
+    rope_inv_freq,
     rope_parameters,
     same_code,
 )
@@ -69,10 +71,12 @@ class Phi3Config(PretrainedConfig):
             self.num_key_value_heads = self.num_attention_heads
         check_activation(self)
         rope = phi3_rope(self)
-        if rope["rope_type"] not in ("default", "longrope"):
+        if rope["rope_type"] not in ("default", "longrope", "linear", "llama3", "yarn"):
+            # transformers' Phi-3 checks a file for default/longrope only, but runs the others when set
+            # afterwards (from_pretrained(rope_parameters=...)), so these are computed too
             raise ConfigError(
-                f"{self._source_file or 'the Phi-3 config'}: rope type {rope['rope_type']!r} is not one "
-                "Phi-3 has; use 'default' or 'longrope' in rope_scaling / rope_parameters."
+                f"{self._source_file or 'the Phi-3 config'}: rope type {rope['rope_type']!r} is not "
+                "supported for Phi-3; use 'default' or 'longrope' in rope_scaling / rope_parameters."
             )
         if rope["rope_type"] == "longrope":
             half = rotary_dim(self) // 2
@@ -137,8 +141,15 @@ class Phi3RotaryEmbedding(nn.Module):
             long = torch.tensor(p["long_factor"], dtype=torch.float32, device="cpu")
             self.register_buffer("long_inv_freq", 1.0 / (long * base**exps), persistent=False)
             inv_freq = 1.0 / (short * base**exps)
-        else:
+        elif p["rope_type"] == "default":
             inv_freq = 1.0 / (base**exps)
+        else:  # linear, llama3, yarn: layers' code, on this config's head size and rotary fraction
+            shape = SimpleNamespace(
+                rope_parameters=p,
+                head_dim=head_dim(config),
+                max_position_embeddings=config.max_position_embeddings,
+            )
+            inv_freq, self.attention_scaling = rope_inv_freq(shape)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
