@@ -9,6 +9,7 @@ Hugging Face into the interleaved one ggml computes with).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from os import PathLike
@@ -56,8 +57,35 @@ _SHARED_EXPERT = {
     "ffn_down_shexp": "mlp.shared_expert.down_proj",
 }
 _QK_NORMS = {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
-# Tensors llama.cpp writes that have no Hugging Face parameter: precomputed rope factors (llama 3.1+).
-_IGNORED = {"rope_freqs.weight"}
+# Phi-3: q/k/v fused in one tensor and gate/up in another, in both formats (not permuted)
+_PHI3_LAYER = {
+    "attn_norm": "input_layernorm",
+    "attn_qkv": "self_attn.qkv_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_up": "mlp.gate_up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+# Tensors llama.cpp writes that are rotary settings, not parameters: read into the config instead
+# (`_rope_from_tensors`): llama 3.1+'s per-frequency factors, Phi-3's longrope factors.
+_IGNORED = {"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"}
+
+
+# Gemma 3: a norm before and after attention and the MLP each, q/k norms
+_GEMMA3_LAYER = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "post_ffw_norm": "post_feedforward_layernorm",
+    **_QK_NORMS,
+}
 
 
 @dataclass(frozen=True)
@@ -71,11 +99,17 @@ class Family:
     extra_config: dict = field(default_factory=dict)
     # MoE families: config defaults for what llama.cpp hard-codes per architecture (None: not MoE)
     moe: dict | None = None
+    # `{architecture}.KEY` metadata copied into the config as it is: {KEY: config key}
+    keys: dict = field(default_factory=dict)
+    # llama.cpp stores (1 + w) for norms the model scales by (1 + w) (Gemma); the loader subtracts 1 in
+    # float32, as transformers' GGUF loader does
+    norms_plus_one: bool = False
 
 
 FAMILIES: dict[str, Family] = {
     "llama": Family("llama", "LlamaForCausalLM", _TOP, _LAYER, permute_qk=True, head_dim=True),
     "qwen2": Family("qwen2", "Qwen2ForCausalLM", _TOP, _LAYER),
+    "phi3": Family("phi3", "Phi3ForCausalLM", _TOP, _PHI3_LAYER),
     "qwen3": Family("qwen3", "Qwen3ForCausalLM", _TOP, _LAYER | _QK_NORMS, head_dim=True),
     # llama.cpp renormalises qwen3moe's top-k weights and not qwen2moe's (unless expert_weights_norm says)
     "qwen3moe": Family(
@@ -92,6 +126,16 @@ FAMILIES: dict[str, Family] = {
         _TOP,
         _LAYER | _EXPERTS | _SHARED_EXPERT,
         moe={"norm_topk_prob": False},
+    ),
+    "gemma3": Family(
+        "gemma3_text",
+        "Gemma3ForCausalLM",
+        _TOP,
+        _GEMMA3_LAYER,
+        head_dim=True,
+        extra_config={"hidden_activation": "gelu_pytorch_tanh", "hidden_act": "gelu_pytorch_tanh"},
+        keys={"attention.sliding_window": "sliding_window"},
+        norms_plus_one=True,
     ),
 }
 
@@ -177,7 +221,17 @@ def config_from_gguf(path_or_reader: str | PathLike[str] | GGUFFile) -> dict:
         config["rope_scaling"] = scaling
         rope_parameters |= scaling
     config["rope_parameters"] = rope_parameters
+    if family.model_type == "llama" and "rope_freqs.weight" in gguf.tensors:
+        llama3 = _llama3_from_factors(gguf, rope_theta, config)
+        if llama3 is not None:
+            config["rope_scaling"] = llama3
+            config["rope_parameters"] = rope_parameters | llama3
+    if family.model_type == "phi3":
+        config |= _phi3_config(gguf, key, config)
 
+    for gguf_key, config_key in family.keys.items():
+        if (value := gguf.get(f"{arch}.{gguf_key}")) is not None:
+            config[config_key] = value
     # llama.cpp writes the output projection only when it is not the embedding matrix
     config["tie_word_embeddings"] = "output.weight" not in gguf.tensors
     for name, gguf_key in (
@@ -214,6 +268,104 @@ def _moe_config(gguf: GGUFFile, family: Family, key, layers: int) -> dict:
     else:
         config["attention_bias"] = "blk.0.attn_q.bias" in gguf.tensors
     return config
+
+
+def _factors(gguf: GGUFFile, name: str) -> list[float] | None:
+    tensor = gguf.tensors.get(name)
+    if tensor is None:
+        return None
+    return dequantize(tensor.data, tensor.tensor_type, (tensor.n_elements,), torch.float32).tolist()
+
+
+def _llama3_from_factors(gguf: GGUFFile, theta: float, config: dict) -> dict | None:
+    """Llama 3.1+'s rope scaling from the `rope_freqs` tensor llama.cpp writes in its place.
+
+    llama.cpp stores each frequency's divisor: 1 above the high-frequency cut, `factor` below the low
+    one, 1 / ((1 - s) / factor + s) between, s linear in the frequency. So factor is the largest value and
+    two in-between values fix the line; the pair (low_freq_factor, high_freq_factor) and
+    original_max_position_embeddings are known only up to a common scale, which is chosen so that
+    low_freq_factor is 1 (Llama 3.1-3.3 and 3.2 all use 1, 4 and 8192). Files whose factors are not
+    of this shape are refused, naming the file: loading them with another rotary would be silently wrong.
+    """
+    rope_factors = _factors(gguf, "rope_freqs.weight")
+    dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    if not rope_factors or all(abs(f - 1.0) < 1e-6 for f in rope_factors):
+        return None
+    inv = (1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)))[: len(rope_factors)]
+    factors = np.asarray(rope_factors, dtype=np.float64)
+    factor = float(factors.max())
+    between = (factors > 1 + 1e-6) & (factors < factor - 1e-6 * factor)
+    fitted = None
+    if between.sum() >= 2 and factor > 1:
+        s = (1 / factors[between] - 1 / factor) / (1 - 1 / factor)  # the smoothing weight of each
+        slope, intercept = np.polyfit(inv[between], s, 1)
+        if slope > 0 and intercept < 0:
+            # s = old / (2 pi (high - low)) * inv - low / (high - low); low = 1 fixes the scale
+            width = -1 / intercept
+            original = round(slope * 2 * math.pi * width)
+            fitted = (1.0, 1.0 + width, original)
+    candidates = [fitted] if fitted is not None else [(1.0, 4.0, 8192)]
+    for low, high, original in candidates:
+        scaling = {
+            "rope_type": "llama3",
+            "factor": factor,
+            "low_freq_factor": low,
+            "high_freq_factor": round(high, 6),
+            "original_max_position_embeddings": int(original),
+        }
+        if np.allclose(_llama3_divisors(inv, scaling), factors, rtol=1e-4, atol=1e-6):
+            return scaling
+    raise GGUFError(
+        f"GGUF file {gguf.path}: its rope_freqs tensor ({len(rope_factors)} factors, largest {factor:g}) does "
+        "not follow Llama 3's rope scaling, the only one autolm reads from it. Load the original "
+        "safetensors checkpoint instead, or report the file's origin.",
+        files=[gguf.path],
+        key="rope_freqs.weight",
+    )
+
+
+def _llama3_divisors(inv: np.ndarray, p: dict) -> np.ndarray:
+    """What llama.cpp's converter writes in rope_freqs for these llama3 settings."""
+    wavelen = 2 * math.pi / inv
+    old, low, high, factor = (
+        p["original_max_position_embeddings"],
+        p["low_freq_factor"],
+        p["high_freq_factor"],
+        p["factor"],
+    )
+    smooth = (old / wavelen - low) / (high - low)
+    mid = 1 / ((1 - smooth) / factor + smooth)
+    return np.where(wavelen < old / high, 1.0, np.where(wavelen > old / low, factor, mid))
+
+
+def _phi3_config(gguf: GGUFFile, key, config: dict) -> dict:
+    """Phi-3's rotary width (Phi-4-mini rotates 3/4 of each head), window and longrope factors."""
+    out: dict = {}
+    dim = config["hidden_size"] // config["num_attention_heads"]
+    rotary = key("rope.dimension_count")
+    if rotary and rotary != dim:
+        out["partial_rotary_factor"] = rotary / dim
+    window = key("attention.sliding_window")
+    if window:
+        out["sliding_window"] = window
+    long, short = _factors(gguf, "rope_factors_long.weight"), _factors(gguf, "rope_factors_short.weight")
+    if long is not None and short is not None:
+        original = key("rope.scaling.original_context_length") or config["max_position_embeddings"]
+        rope = {
+            "rope_type": "longrope",
+            "rope_theta": config["rope_theta"],
+            "long_factor": long,
+            "short_factor": short,
+            "original_max_position_embeddings": original,
+        }
+        attention_factor = key("rope.scaling.attn_factor", kind=float)
+        if attention_factor is not None:
+            rope["attention_factor"] = attention_factor
+        out |= {"original_max_position_embeddings": original, "rope_scaling": rope, "rope_parameters": rope}
+    if "partial_rotary_factor" in out:
+        out["rope_parameters"] = {**out.get("rope_parameters", config["rope_parameters"])}
+        out["rope_parameters"]["partial_rotary_factor"] = out["partial_rotary_factor"]
+    return out
 
 
 def _vocab_size(gguf: GGUFFile) -> int:
@@ -325,7 +477,13 @@ def iter_gguf_tensors(
                 )
             # rows hold whole blocks, so the stored (possibly quantized) rows are reordered before unpacking
             data = data[unpermute_rows(shape[0], heads if ".attn_q." in name else kv_heads)]
-        value = dequantize(data, tensor.tensor_type, shape, dtype, name=name, where=str(gguf.path))
+        if family.norms_plus_one and name.endswith("norm.weight"):
+            value = dequantize(
+                data, tensor.tensor_type, shape, torch.float32, name=name, where=str(gguf.path)
+            )
+            value = (value - 1).to(dtype)
+        else:
+            value = dequantize(data, tensor.tensor_type, shape, dtype, name=name, where=str(gguf.path))
         if tensor.tensor_type not in FLOAT_TYPES:
             tensor.release()  # the dequantized copy is all that is needed now
         yield target, value
