@@ -8,6 +8,8 @@ extra: `pip install 'autolm[serve]'`.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -91,4 +93,8 @@ def run_server(app, host: str = "127.0.0.1", port: int = 8000, grace: float = 30
         access_log=False,  # the app logs one line per request itself
         timeout_graceful_shutdown=int(grace) + 5,
     )
+    # uvicorn raises the signal it caught again once it has shut down; after a clean SIGTERM shutdown the
+    # process should exit 0, so the handler it restores and re-raises to is a no-op
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: None)
     Server(config).run()

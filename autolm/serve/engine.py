@@ -372,17 +372,21 @@ class Engine:
         info = seq.pending_info
         if token in self.eos:
             info.text = ""
+            self._detokenize(seq, final=True)
             self._flush(seq, [info])
             self._finish(seq, "stop")
             return False
-        self._detokenize(seq)
+        done = (
+            len(seq.tokens) >= params.max_tokens or len(request.prompt) + len(seq.tokens) >= self.max_context
+        )
+        self._detokenize(seq, final=done)
         cut = _find_stop(seq.text, params.stop, seq.sent)
         if cut is not None:
             seq.text = seq.text[:cut]
             self._flush(seq, [info])
             self._finish(seq, "stop")
             return False
-        if len(seq.tokens) >= params.max_tokens or len(request.prompt) + len(seq.tokens) >= self.max_context:
+        if done:
             self._flush(seq, [info])
             self._finish(seq, "length")
             return False
@@ -390,13 +394,13 @@ class Engine:
         self._flush(seq, [info], upto=len(seq.text) - hold)
         return not request.cancelled
 
-    def _detokenize(self, seq: Sequence) -> None:
+    def _detokenize(self, seq: Sequence, final: bool = False) -> None:
         """Add the newly completed text: decode a short window of tokens, and hold the last ones back
-        while they end in an incomplete character."""
+        while they end in an incomplete character (unless `final`: the reply ends there)."""
         tokens = seq.tokens
         before = self.tokenizer.decode(tokens[seq.prefix_offset : seq.read_offset], skip_special_tokens=True)
         after = self.tokenizer.decode(tokens[seq.prefix_offset :], skip_special_tokens=True)
-        if len(after) > len(before) and not after.endswith("\ufffd"):
+        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
             seq.text += after[len(before) :]
             seq.prefix_offset, seq.read_offset = seq.read_offset, len(tokens)
 
