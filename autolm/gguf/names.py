@@ -310,7 +310,7 @@ def _llama3_from_factors(gguf: GGUFFile, theta: float, config: dict) -> dict | N
             "rope_type": "llama3",
             "factor": factor,
             "low_freq_factor": low,
-            "high_freq_factor": round(high, 6),
+            "high_freq_factor": round(float(high), 4),
             "original_max_position_embeddings": int(original),
         }
         if np.allclose(_llama3_divisors(inv, scaling), factors, rtol=1e-4, atol=1e-6):
