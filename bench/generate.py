@@ -43,6 +43,26 @@ LLAMA_CPP = {"float32": 44.0, "float16": 73.0}
 # model's shape; families add their own row
 SHAPES = {
     "smol135m": ("LlamaConfig", "LlamaForCausalLM", SMOL_SHAPE),
+    # Phi-4-mini's layout at ~175M: fused qkv/gate_up, 3/4 of each head rotated, tied embeddings
+    "phi3-mini-shape": (
+        "Phi3Config",
+        "Phi3ForCausalLM",
+        dict(
+            vocab_size=32064,
+            hidden_size=768,
+            intermediate_size=2048,
+            num_hidden_layers=24,
+            num_attention_heads=12,
+            num_key_value_heads=4,
+            partial_rotary_factor=0.75,
+            tie_word_embeddings=True,
+            max_position_embeddings=4096,
+            original_max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75},
+        ),
+    ),
+    # SmolLM2-135M's shape as Mistral, every layer sliding over the last 128 tokens (prompt + new > 128)
+    "mistral-135m": ("MistralConfig", "MistralForCausalLM", SMOL_SHAPE | {"sliding_window": 128}),
 }
 
 

@@ -301,4 +301,3 @@ class LlamaForSequenceClassification(SequenceClassificationHead, LlamaPreTrained
 
 
 LlamaPreTrainedModel.base_model_class = LlamaModel
-
