@@ -272,6 +272,9 @@ typedef struct {
     int64_t cross_st[3], cross_len;
     const uint8_t *cross_mask;
     int64_t cmb, cms;
+    /* not NULL: this layer's own rotary tables, (B, rotary_dim) each, in place of the step's cos/sin
+     * (Gemma 3's sliding and full layers rotate with different bases) */
+    const void *rcos, *rsin;
 } decoder_layer;
 
 INLINE float rnd(float v, int t) { /* the value a tensor of dtype t holds for v */
@@ -653,10 +656,12 @@ INLINE void decode_impl(const decoder_shape *sh, const decoder_layer *layers, in
 #pragma omp single
         for (int64_t m = 0; m < B; m++) {
             float *row = qkv + m * NQKV;
+            const char *lcos = (const char *)(ly->rcos ? ly->rcos : cos) + m * R * size;
+            const char *lsin = (const char *)(ly->rsin ? ly->rsin : sin) + m * R * size;
             for (int64_t j = 0; j < H + KVH; j++) { /* query heads, then key heads */
                 const normd *qk_norm = j < H ? &ly->q_norm : &ly->k_norm;
                 if (qk_norm->kind != NORM_NONE) norm_row(row + j * D, qk_norm, row + j * D, D, t);
-                if (R) rotate(row + j * D, (const char *)cos + m * R * size, (const char *)sin + m * R * size, R, t);
+                if (R) rotate(row + j * D, lcos, lsin, R, t);
                 if (j < H && ly->qscale != 1.0f)
                     for (int64_t d = 0; d < D; d++) row[j * D + d] = rnd(row[j * D + d] * ly->qscale, t);
             }

@@ -123,6 +123,9 @@ class Decoder:
     # (slot, kv_len) -> a float bias added to every layer's self-attention scores of the query at this
     # slot, broadcastable to (B, heads, 1, kv_len) (T5's relative positions); None: none
     position_bias: Callable[[int, int], torch.Tensor | None] | None = None
+    # one rotary per attention type, (x, position_ids) -> (cos, sin) as `rotary`, for the layers of that
+    # type (Gemma 3: local and global bases); None: every layer takes `rotary`'s
+    rotaries: dict[str, Callable] | None = None
 
 
 class _Proj(ctypes.Structure):
@@ -169,6 +172,8 @@ class _Layer(ctypes.Structure):
             ("cross_mask", _P),
             ("cmb", _I),
             ("cms", _I),
+            ("rcos", _P),
+            ("rsin", _P),
         ]
     )
 
@@ -408,6 +413,15 @@ class NativeDecoder:
         cos = sin = None
         if desc.rotary is not None:
             cos, sin = (t.reshape(B, -1).contiguous() for t in desc.rotary(x, position_ids))
+        if desc.rotaries is not None:
+            tables = {
+                kind: tuple(t.reshape(B, -1).contiguous() for t in rotary(x, position_ids))
+                for kind, rotary in desc.rotaries.items()
+            }
+            if any(kind not in tables for kind in self.types):
+                return None
+            for layer, kind in zip(self.layers, self.types):
+                layer.rcos, layer.rsin = (t.data_ptr() for t in tables[kind])
         strides = (_I * 3)(*k0.stride()[:3])
         self.lib.autolm_decode(
             self.code, ctypes.byref(self.shape), self.layers, len(self.layers), x.data_ptr(), B,

@@ -106,6 +106,15 @@ MODELS: dict[str, dict] = {
         "config": "QWenConfig",
         "tasks": {"base": "QWenModel", "causal_lm": "QWenLMHeadModel"},
     },
+    "gemma3_text": {
+        "module": "gemma3",
+        "config": "Gemma3TextConfig",
+        "tasks": {
+            "base": "Gemma3TextModel",
+            "causal_lm": "Gemma3ForCausalLM",
+            "sequence_classification": "Gemma3TextForSequenceClassification",
+        },
+    },
     "bert": {
         "module": "bert",
         "config": "BertConfig",
