@@ -54,9 +54,10 @@ PRE_TOKENIZER_SPLITS = {
     **dict.fromkeys(("gpt-4o", "llama4"), _GPT4O_SPLIT),
 }
 
-# Architectures whose SentencePiece scores do not follow the merge order: with no merges in the file, a
-# token's position in the vocabulary ranks its merges instead (earlier first), as transformers does
-MERGES_BY_POSITION = {"gemma", "gemma2", "gemma3"}
+# Architectures transformers gives its GemmaTokenizer: their SentencePiece scores do not follow the merge
+# order, so with no merges in the file a token's position in the vocabulary ranks its merges (earlier
+# first); and batches are padded on the left
+GEMMA_ARCHITECTURES = {"gemma", "gemma2", "gemma3"}
 
 _SPECIAL_IDS = {
     "bos_token": "tokenizer.ggml.bos_token_id",
@@ -218,7 +219,7 @@ def gguf_tokenizer_parts(path_or_reader: str | PathLike[str] | GGUFFile) -> tupl
         add_bos_default = False
     elif kind == "llama":
         scores = gguf.get("tokenizer.ggml.scores", kind=list, items=float)
-        if gguf.architecture in MERGES_BY_POSITION and merges is None:
+        if gguf.architecture in GEMMA_ARCHITECTURES and merges is None:
             scores = [-float(index) for index in range(len(tokens))]
         # a token of spaces only is stored as real spaces, but text reaches the vocabulary with "▁" for " "
         tokens = ["▁" * len(t) if t and not t.strip(" ") else t for t in tokens]
@@ -266,6 +267,8 @@ def gguf_tokenizer_parts(path_or_reader: str | PathLike[str] | GGUFFile) -> tupl
         kwargs["add_eos_token"],
         backend,
     )
+    if gguf.architecture in GEMMA_ARCHITECTURES:
+        kwargs["padding_side"] = "left"
     template = gguf.get("tokenizer.chat_template", kind=str)
     if template is not None:
         kwargs["chat_template"] = template
