@@ -4,7 +4,7 @@ Load: `from_pretrained` in fresh processes (bench/load.py's child), median of --
 tokens/s at batch 1, a 38-token prompt and 128 new tokens forced, both models in this process, runs
 interleaved, best of --runs. Prints ratios (autolm / transformers) and the machine.
 
-Run: .venv/bin/python bench/gpt2.py [--shape gpt2|distilgpt2|gpt2-medium]
+Run: .venv/bin/python bench/gpt2.py [--shape gpt2|distilgpt2|gpt2-medium] [--dtype float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
     import transformers
 
     import autolm
@@ -58,8 +60,8 @@ def main() -> None:
         for lib in loads:  # interleaved, so drift hits both alike
             loads[lib].append(run_child(lib, path)["load_s"])
 
-    ours = autolm.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    theirs = transformers.GPT2LMHeadModel.from_pretrained(path, dtype=torch.float32).eval()
+    ours = autolm.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(path, dtype=dtype).eval()
     ids = torch.randint(0, 50257, (1, 38), generator=torch.Generator().manual_seed(0))
     for model in (ours, theirs):
         timed(model, ids, 8, pad_token_id=50256)  # warm-up
@@ -71,7 +73,7 @@ def main() -> None:
     print(
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     )
-    print(f"{args.shape} shape, random weights, float32; transformers {transformers.__version__}")
+    print(f"{args.shape} shape, random weights, {args.dtype}; transformers {transformers.__version__}")
     print(f"{'metric':<30}{'autolm':>10}{'transformers':>14}{'ratio':>8}")
     a, t = statistics.median(loads["autolm"]), statistics.median(loads["transformers"])
     print(f"{'from_pretrained (s)':<30}{a:>10.3f}{t:>14.3f}{a / t:>8.3f}")
