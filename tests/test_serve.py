@@ -291,6 +291,8 @@ def _post(url: str, path: str, body, headers=None, raw: bytes | None = None) -> 
         ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "fox " * 400}]},
          None, None, 400, "messages"),
         ("/v1/completions", {"model": "tiny"}, None, None, 400, "prompt"),
+        ("/v1/chat/completions", {"model": "tiny", "messages": MESSAGES, "response_format": {"type": "json_object"}},
+         None, None, 400, "response_format"),
         ("/v1/chat/completions", {"model": "gpt-9", "messages": MESSAGES}, None, None, 404, "model"),
         ("/v1/nothing", {}, None, None, 404, None),
         ("/v1/chat/completions", {"model": "tiny", "messages": MESSAGES}, None, {"Authorization": "Bearer no"},

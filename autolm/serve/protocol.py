@@ -98,6 +98,12 @@ def sampling_fields(body: dict, chat: bool) -> dict[str, Any]:
     if options is not None and not isinstance(options, dict):
         raise bad("stream_options", "'stream_options' must be an object.", code="invalid_type")
     seed = _typed(body, "seed", (int,), "an integer")
+    response_format = body.get("response_format")
+    if response_format is not None and (
+        not isinstance(response_format, dict) or response_format.get("type", "text") != "text"
+    ):
+        # constrained decoding (json_object, json_schema) is not implemented; saying so beats ignoring it
+        raise bad("response_format", "Only 'response_format': {'type': 'text'} is supported by this server.")
     return {
         "temperature": _number(body, "temperature", 1.0, 0.0, 2.0),
         "top_p": _number(body, "top_p", 1.0, 0.0, 1.0) or 1e-9,
