@@ -156,7 +156,9 @@ def test_unsupported_architecture(tmp_path):
         with pytest.raises(GGUFError, match="'mamba'") as info:
             call(path)
         assert str(path) in str(info.value)
-        assert all(a in str(info.value) for a in ("gemma3", "llama", "qwen2", "qwen2moe", "qwen3", "qwen3moe"))
+        assert all(
+            a in str(info.value) for a in ("gemma3", "llama", "qwen2", "qwen2moe", "qwen3", "qwen3moe")
+        )
 
 
 def test_unknown_tensor_is_named(tmp_path):
