@@ -58,6 +58,8 @@ class Spy:
 @pytest.mark.parametrize("rows", [1, 3, kernels.MAX_ROWS, 23])
 @pytest.mark.parametrize("n,k", [(5, 3), (193, 77), (70, 576)])
 def test_linear_matches_torch(dtype, rows, n, k, monkeypatch):
+    # the native kernel's own products, also on CPUs whose half-precision gemm goes to torch
+    monkeypatch.setattr(kernels, "_half_gemm", {torch.bfloat16: False, torch.float16: False})
     spy = Spy(monkeypatch)
     g = torch.Generator().manual_seed(n * k + rows)
     x = torch.randn(rows, k, generator=g).to(dtype)
@@ -75,6 +77,7 @@ def test_linear_matches_torch(dtype, rows, n, k, monkeypatch):
 
 
 def test_linear_keeps_leading_dims_and_falls_back_where_torch_is_better(monkeypatch):
+    monkeypatch.setattr(kernels, "_half_gemm", {torch.bfloat16: False, torch.float16: False})
     spy = Spy(monkeypatch)
     w = torch.randn(16, 8)
     x3 = torch.randn(1, 2, 8)
@@ -100,6 +103,25 @@ def test_linear_keeps_leading_dims_and_falls_back_where_torch_is_better(monkeypa
     out = kernels.linear(torch.randn(1, 8), p)
     out.sum().backward()
     assert p.grad is not None and spy.calls == {"autolm_linear": 1}
+
+
+def test_half_precision_rows_go_to_torch_on_cpus_that_multiply_them(monkeypatch):
+    """With AVX512-BF16/AMX (read from /proc/cpuinfo), torch's bfloat16 gemm beats the native kernel from
+    5 rows up: those products are F.linear's own; 1-4 rows (decoding) stay native."""
+    monkeypatch.setattr(kernels, "_half_gemm", {torch.bfloat16: True, torch.float16: False})
+    spy = Spy(monkeypatch)
+    w, b = torch.randn(16, 8).bfloat16(), torch.randn(16).bfloat16()
+    with torch.inference_mode():
+        for rows in (5, 38, 70):
+            x = torch.randn(rows, 8).bfloat16()
+            assert torch.equal(kernels.linear(x, w, b), F.linear(x, w, b))
+        assert spy.calls == {}
+        kernels.linear(torch.randn(4, 8).bfloat16(), w, b)
+        kernels.linear(torch.randn(5, 8).half(), w.half(), b.half())  # no such instructions for float16
+    assert spy.calls == {"autolm_linear": 2}
+    flags = open("/proc/cpuinfo").read()
+    monkeypatch.setattr(kernels, "_half_gemm", {})
+    assert kernels._fast_half_gemm(torch.bfloat16) == ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
 def _generate(model, ids, mask, native: bool, monkeypatch, **kwargs):
