@@ -214,15 +214,23 @@ def test_masked_lm_resize_keeps_the_tie_and_the_old_scores(tmp_path):
 
 
 def test_long_batches_take_the_fused_output_pass_and_match_transformers(tmp_path, monkeypatch):
-    """Inference on 64+ token rows runs each layer's output projection alone and its bias, residual and
-    LayerNorm in one native pass (kernels.add_norm); outputs still equal transformers'."""
+    """Inference on 64+ token rows runs each product through oneDNN where it is faster (the GELU in the same
+    pass) and each output's residual and LayerNorm in one native pass (kernels.add_norm); outputs still
+    equal transformers'."""
     from autolm import kernels
 
     if not kernels.ensure_loaded():
         pytest.skip("native kernels cannot be built here")
-    calls = []
-    real = kernels.add_norm
+    calls, products = [], []
+    real, real_linear = kernels.add_norm, kernels.encoder_linear
     monkeypatch.setattr(kernels, "add_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def counted_linear(*args, **kwargs):
+        out = real_linear(*args, **kwargs)
+        products.append(out is not None)
+        return out
+
+    monkeypatch.setattr(kernels, "encoder_linear", counted_linear)
     ref = make_bert("BertModel")
     ref.save_pretrained(tmp_path)
     model = autolm.BertModel.from_pretrained(tmp_path)
@@ -233,7 +241,10 @@ def test_long_batches_take_the_fused_output_pass_and_match_transformers(tmp_path
     with torch.no_grad():
         want = ref(input_ids=ids, attention_mask=mask).last_hidden_state
         got = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    assert len(calls) == 2 * ref.config.num_hidden_layers
+    layers = ref.config.num_hidden_layers
+    assert len(calls) == 2 * layers
+    # q/k/v, intermediate (+ GELU) and both outputs through oneDNN where it is the faster product (AVX-512)
+    assert products == [kernels._onednn_linear_ok()] * (4 * layers)
     assert _diff(got, want) <= 1e-5
     # with gradients the torch code runs, as before
     calls.clear()

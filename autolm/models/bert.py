@@ -115,7 +115,10 @@ class BertSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, attentions: list | None) -> torch.Tensor:
         B, T, _ = x.shape
-        qkv = F.linear(x, *self.fused_qkv())
+        weight, bias = self.fused_qkv()
+        qkv = kernels.encoder_linear(x, weight, bias) if _fused_ok(x, weight) else None
+        if qkv is None:
+            qkv = F.linear(x, weight, bias)
         # (3, B, heads, T, head_dim) as strided views: sdpa reads them without a copy
         q, k, v = qkv.view(B, T, 3, self.num_attention_heads, self.attention_head_size).permute(2, 0, 3, 1, 4)
         if attentions is not None or self.config._attn_implementation == "eager":
@@ -141,16 +144,15 @@ def _views_of(fused: tuple[torch.Tensor, torch.Tensor], linears) -> bool:
     )
 
 
-def _fused_ok(x: torch.Tensor, dense: nn.Linear) -> bool:
-    """Whether a product of this many rows goes through the fused native passes: inference (no autograd)
-    on the CPU in float32 with the kernels built, and enough rows to matter."""
+def _fused_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a product of x's rows takes the fused CPU passes (kernels.encoder_linear, add_norm):
+    inference (no autograd) on the CPU in float32, and enough rows to matter."""
     return (
         x.device.type == "cpu"
-        and x.dtype == dense.weight.dtype == torch.float32
+        and x.dtype == weight.dtype == torch.float32
         and x.dim() == 3
         and x.shape[0] * x.shape[1] >= 64
-        and not (torch.is_grad_enabled() and (x.requires_grad or dense.weight.requires_grad))
-        and kernels.ensure_loaded(compile=False)
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
     )
 
 
@@ -180,14 +182,22 @@ class BertSelfOutput(nn.Module):
         the residual and the norm (three passes over the activations in torch); None when the native
         kernels are not loaded or the modules are not this file's."""
         norm = self.LayerNorm
-        if not (type(norm) is nn.LayerNorm and type(self.dense) is nn.Linear and _fused_ok(x, self.dense)):
+        if not (
+            type(norm) is nn.LayerNorm and type(self.dense) is nn.Linear and _fused_ok(x, self.dense.weight)
+        ):
+            return None
+        if not kernels.ensure_loaded(compile=False):
             return None
         if norm.weight is None:
             return None
-        product = torch.mm(x.reshape(-1, x.shape[-1]), self.dense.weight.t())
+        product = kernels.encoder_linear(x, self.dense.weight, self.dense.bias)
+        bias = None
+        if product is None:  # MKL's product, the bias added in the native pass
+            product, bias = torch.mm(x.reshape(-1, x.shape[-1]), self.dense.weight.t()), self.dense.bias
+        product = product.reshape(-1, product.shape[-1])
         out = kernels.add_norm(
             product,
-            self.dense.bias,
+            bias,
             residual.reshape(product.shape),
             norm.weight,
             norm.eps,
@@ -212,8 +222,14 @@ class BertIntermediate(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.intermediate_act_fn = activation(config.hidden_act)
+        self.hidden_act = config.hidden_act if isinstance(config.hidden_act, str) else "?"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if type(self.dense) is nn.Linear and _fused_ok(x, self.dense.weight):
+            # the product, its bias and the activation in one oneDNN pass where that is faster
+            out = kernels.encoder_linear(x, self.dense.weight, self.dense.bias, self.hidden_act)
+            if out is not None:
+                return out
         return self.intermediate_act_fn(self.dense(x))
 
 
