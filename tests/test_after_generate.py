@@ -32,7 +32,10 @@ def test_replaced_weights_are_used_after_generate(tmp_path, family):
     torch.manual_seed(1)
     for ours, theirs in ((model, ref),):
         names = ("self_attn.q_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")
-        for name in names if "moe" not in family else names[:2]:  # an MoE layer 0 has experts, no mlp.*_proj
+        names += ("self_attn.qkv_proj", "mlp.gate_up_proj")  # Phi-3's fused projections
+        layer = ours.get_submodule("model.layers.0")
+        # the projections this family's layer 0 has (an MoE layer 0 has experts, no mlp.*_proj)
+        for name in [n for n in names if hasattr(layer.get_submodule(n.split(".")[0]), n.split(".")[1])]:
             new = torch.randn_like(ours.get_submodule(f"model.layers.0.{name}").weight)
             ours.get_submodule(f"model.layers.0.{name}").weight = nn.Parameter(new.clone())
             theirs.get_submodule(f"model.layers.0.{name}").weight = nn.Parameter(new.clone())
