@@ -12,7 +12,7 @@ import torch
 
 import autolm
 
-NEW_TOKENS = 32
+NEW_TOKENS = 64
 LINES = [
     "Hello world",
     " Hello world",
