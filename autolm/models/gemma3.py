@@ -15,19 +15,18 @@ from torch import nn
 
 from ..configuration import PretrainedConfig, validate_config
 from ..kernels.decoder import Decoder, Layer, Norm
-from ..modeling_utils import ModelOutput, PreTrainedModel
+from ..modeling_utils import PreTrainedModel
 from .heads import CausalLMHead, SequenceClassificationHead
 from .layers import (
     Linear,
     RotaryEmbedding,
     attention_masks,
     check_activation,
-    positions_and_masks,
     projection,
     same_code,
 )
-from .llama import LlamaAttention, LlamaMLP, dense_mlp, norm_qk_per_head
-from .stack import CacheMaker, StackRun
+from .llama import LlamaAttention, LlamaMLP, LlamaModel, dense_mlp, norm_qk_per_head
+from .stack import CacheMaker
 
 _TYPES = ("sliding_attention", "full_attention")
 
@@ -250,42 +249,10 @@ class Gemma3TextModel(CacheMaker, Gemma3PreTrainedModel):
         self.rotary_emb = Gemma3RotaryEmbedding(config)
         self.gradient_checkpointing = False
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
-        inputs_embeds: torch.Tensor | None = None,
-        use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        cache_position: torch.LongTensor | None = None,
-        **kwargs,
-    ) -> ModelOutput | tuple:
-        run = StackRun.start(
-            self,
-            input_ids,
-            inputs_embeds,
-            past_key_values,
-            use_cache,
-            output_hidden_states,
-            output_attentions,
-            kwargs,
-        )
-        x = run.x
-        position_ids, masks = positions_and_masks(
-            self.config, attention_mask, position_ids, run.cache, cache_position, *x.shape[:2], x.device
-        )
-        position_embeddings = self.rotary_emb(x, position_ids)
-        return run.finish(x, self.layers, (position_embeddings, masks), self.norm, return_dict)
+    # Llama's stack code: embeddings, per-type masks and rotary, the layers, the final norm
+    get_input_embeddings = LlamaModel.get_input_embeddings
+    set_input_embeddings = LlamaModel.set_input_embeddings
+    forward = LlamaModel.forward
 
 
 Gemma3PreTrainedModel.base_model_class = Gemma3TextModel
